@@ -1,0 +1,105 @@
+"""Envelopes: BSD and RFC 3339 syslog, Exim's mainlog, and their timestamps."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from parsers.envelope import Context, infer_year, split
+
+REF = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+def ctx(**kw) -> Context:
+    return Context(reference=kw.pop("reference", REF), **kw)
+
+
+def test_bsd_syslog() -> None:
+    env = split("Mar  1 12:00:00 mx1 postfix/smtpd[1234]: connect from a[192.0.2.1]", ctx())
+    assert env is not None
+    assert env.ts == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    assert (env.host, env.program, env.pid) == ("mx1", "postfix/smtpd", 1234)
+    assert env.payload == "connect from a[192.0.2.1]"
+
+
+def test_bsd_syslog_in_a_local_zone_comes_out_utc() -> None:
+    env = split("Mar  1 12:00:00 mx1 sm-mta[9]: x", ctx(tz=ZoneInfo("Europe/Berlin")))
+    assert env is not None and env.ts == datetime(2026, 3, 1, 11, 0, tzinfo=UTC)
+
+
+def test_program_names_with_slashes_dashes_and_no_pid() -> None:
+    for prog in ("postfix/submission/smtpd", "postfix-out/qmgr", "postfix/sender-cleanup/cleanup", "sm-msp-queue"):
+        env = split(f"Mar  1 12:00:00 mx1 {prog}[7]: hello", ctx())
+        assert env is not None and env.program == prog
+    env = split("Mar  1 12:00:00 mx1 postfix/postfix-script: starting", ctx())
+    assert env is not None and env.pid is None and env.payload == "starting"
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        ("2026-11-29T02:10:00.123456+00:00", datetime(2026, 11, 29, 2, 10, 0, 123456, tzinfo=UTC)),
+        ("2026-11-29T03:10:00.5+01:00", datetime(2026, 11, 29, 2, 10, 0, 500000, tzinfo=UTC)),
+        ("2026-11-29T02:10:00Z", datetime(2026, 11, 29, 2, 10, 0, tzinfo=UTC)),
+        ("2026-11-28T21:10:00.123456789-05:00", datetime(2026, 11, 29, 2, 10, 0, 123456, tzinfo=UTC)),
+    ],
+)
+def test_rfc3339_with_fractions_and_offsets(stamp: str, expected: datetime) -> None:
+    env = split(f"{stamp} mx1 postfix/qmgr[5]: 4AB12: removed", ctx())
+    assert env is not None and env.ts == expected and env.ts.tzinfo is UTC
+
+
+def test_exim_mainlog_with_and_without_zone_and_pid() -> None:
+    env = split("2026-03-01 12:00:00 1vZ5XY-000ABC-Q1 <= a@b H=x [1.2.3.4] P=esmtp S=1", ctx())
+    assert env is not None
+    assert env.ts == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    assert env.host is None and env.program is None and env.payload.startswith("1vZ5XY-000ABC-Q1 <=")
+    env = split("2026-03-01 12:00:00.250 +0100 [4242] 1vZ5XY-000ABC-Q1 Completed", ctx())
+    assert env is not None
+    assert env.ts == datetime(2026, 3, 1, 11, 0, 0, 250000, tzinfo=UTC)
+    assert env.pid == 4242 and env.payload == "1vZ5XY-000ABC-Q1 Completed"
+
+
+def test_exim_through_syslog_uses_exims_own_date() -> None:
+    line = "Mar  1 12:00:05 mx1 exim[77]: 2026-03-01 12:00:00 1vZ5XY-000ABC-Q1 Completed"
+    env = split(line, ctx(reference=datetime(2027, 6, 1, tzinfo=UTC)))
+    assert env is not None
+    assert env.ts == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # Exim's year, not the inferred one
+    assert env.program == "exim" and env.pid == 77 and env.payload == "1vZ5XY-000ABC-Q1 Completed"
+
+
+def test_year_inference_across_new_year() -> None:
+    jan = datetime(2027, 1, 1, 0, 5, tzinfo=UTC)
+    assert infer_year(12, 31, jan) == 2026
+    assert infer_year(1, 1, jan) == 2027
+    c = ctx(reference=jan)
+    dec = split("Dec 31 23:59:59 mx1 postfix/qmgr[1]: 1A2B3C: removed", c)
+    new = split("Jan  1 00:00:01 mx1 postfix/qmgr[1]: 1A2B3C: removed", c)
+    assert dec is not None and new is not None
+    assert new.ts - dec.ts == timedelta(seconds=2)
+
+
+def test_year_inference_tolerates_lines_slightly_in_the_future() -> None:
+    ref = datetime(2026, 3, 1, 23, 0, tzinfo=UTC)
+    assert infer_year(3, 2, ref) == 2026  # a day ahead: clock skew, still this year
+    assert infer_year(3, 20, ref) == 2025  # far ahead: last year's line
+
+
+def test_leap_day_goes_back_to_a_leap_year() -> None:
+    assert infer_year(2, 29, datetime(2027, 3, 5, tzinfo=UTC)) == 2024
+
+
+def test_not_an_envelope() -> None:
+    for line in ("", "garbage", "Foo 99 12:00:00 host prog: x", "2026-13-45T99:99:99Z host p: x"):
+        assert split(line, ctx()) is None
+
+
+def test_impossible_bsd_dates_are_not_envelopes() -> None:
+    assert split("Feb 30 12:00:00 mx1 postfix/qmgr[1]: x", ctx()) is None
+
+
+def test_fixed_offset_zone_setting() -> None:
+    env = split("Mar  1 12:00:00 mx1 p[1]: x", ctx(tz=timezone(timedelta(hours=-5))))
+    assert env is not None and env.ts == datetime(2026, 3, 1, 17, 0, tzinfo=UTC)
