@@ -8,9 +8,7 @@ from importlib.metadata import version
 
 
 def mtqpd(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_version_is_the_distributions() -> None:
