@@ -18,8 +18,9 @@ from .grammar import Reading
 
 __all__ = ["MTAS", "Context", "Event", "Kind", "mta_of", "parse"]
 
-#: Each MTA's payload reader: payload -> Reading, or None when not understood.
-READERS: dict[str, Callable[[str], Reading | None]] = {"postfix": postfix.parse}
+#: Each MTA's payload reader: (payload, program name or None) -> Reading,
+#: or None when the payload is not understood.
+READERS: dict[str, Callable[[str, str | None], Reading | None]] = {"postfix": postfix.parse}
 MTAS = ("postfix", "exim", "sendmail")
 
 _DEFAULT = Context()
@@ -69,7 +70,7 @@ def parse(line: str, ctx: Context | None = None, mta: str = "auto") -> Event:
     if which is None:
         return Event(env.ts, env.host, None, env.program, env.pid, None, Kind.FOREIGN, {"text": env.payload}, line)
     reader = READERS.get(which)
-    reading = reader(env.payload) if reader is not None else None
+    reading = reader(env.payload, env.program) if reader is not None else None
     if reading is None:
         return Event(env.ts, env.host, which, env.program, env.pid, None, Kind.UNKNOWN, {}, line)
     return Event(env.ts, env.host, which, env.program, env.pid, reading.queue_id, reading.kind, reading.fields, line)

@@ -62,6 +62,89 @@ class Kind(StrEnum):
     UNKNOWN = "unknown"
 
 
+#: The field names each kind uses, shared by the three MTAs so that ingest
+#: never asks which MTA wrote a line. A reader may add MTA-specific keys
+#: (Exim's ``R=`` router as ``router``, Sendmail's ``pri``) but never spells
+#: one of these differently. Addresses are bare (no angle brackets); times
+#: are aware UTC datetimes; durations are float seconds; sizes are ints.
+FIELDS: dict[Kind, tuple[str, ...]] = {
+    Kind.CONNECT: ("client_host", "client_ip", "client_port"),
+    Kind.DISCONNECT: ("client_host", "client_ip", "commands"),
+    Kind.CLIENT: ("client_host", "client_ip", "client_port", "sasl_username", "orig_queue_id", "orig_client"),
+    Kind.PICKUP: ("sender", "uid"),
+    # message_id is the header's value as logged, brackets included.
+    Kind.MESSAGE_ID: ("message_id", "resent"),
+    # One line may say more (Exim's "<=" carries the client, protocol,
+    # Message-ID and recipients; a bounce's "<= <>" names its parent).
+    Kind.ENQUEUE: (
+        "sender",
+        "size",
+        "nrcpt",
+        "client_host",
+        "client_ip",
+        "helo",
+        "protocol",
+        "message_id",
+        "envid",
+        "recipients",
+        "bounce_of",
+    ),
+    # status: sent | bounced | expired | failed | deliverable | undeliverable
+    # (DELIVERY); deferred (DEFERRAL). reply is the remote or local text.
+    Kind.DELIVERY: (
+        "recipient",
+        "orig_recipient",
+        "status",
+        "dsn",
+        "reply",
+        "relay",
+        "relay_host",
+        "relay_ip",
+        "relay_port",
+        "delay",
+        "transport",
+        "queued_as",
+        "forwarded_as",
+    ),
+    Kind.DEFERRAL: (
+        "recipient",
+        "orig_recipient",
+        "status",
+        "dsn",
+        "reply",
+        "relay",
+        "relay_host",
+        "relay_ip",
+        "relay_port",
+        "delay",
+        "transport",
+    ),
+    # notification: non-delivery | delay | delivery status; child: its queue id.
+    Kind.BOUNCE: ("child", "notification"),
+    Kind.REQUEUE: ("queued_as",),
+    Kind.EXPANSION: ("recipient", "members"),
+    Kind.REMOVED: (),
+    Kind.EXPIRED: ("sender",),
+    Kind.REJECT: (
+        "stage",
+        "code",
+        "dsn",
+        "reply",
+        "sender",
+        "recipient",
+        "client_host",
+        "client_ip",
+        "helo",
+        "protocol",
+    ),
+    Kind.CHECK: ("action", "text", "sender", "recipient"),
+    Kind.ADMIN: ("action",),
+    Kind.SERVICE: ("text",),
+    Kind.FOREIGN: ("text",),
+    Kind.UNKNOWN: (),
+}
+
+
 @dataclass(slots=True)
 class Event:
     """One log line, read.

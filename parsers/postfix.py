@@ -392,6 +392,16 @@ def fast(payload: str) -> Reading | None:
     return None
 
 
-def parse(payload: str) -> Reading | None:
-    """A Postfix payload read by the fast path, else by the grammar."""
-    return fast(payload) or parse_grammar(payload)
+def parse(payload: str, program: str | None = None) -> Reading | None:
+    """A Postfix payload read by the fast path, else by the grammar.
+
+    A delivery's ``transport`` is the delivery agent that wrote it (smtp,
+    lmtp, local, virtual, pipe...): the last part of the program name.
+    """
+    reading = fast(payload) or parse_grammar(payload)
+    if reading is not None and program and reading.kind in _ATTEMPTS and reading.fields.get("recipient"):
+        reading.fields["transport"] = program.rpartition("/")[2]
+    return reading
+
+
+_ATTEMPTS = (Kind.DELIVERY, Kind.DEFERRAL)

@@ -162,7 +162,7 @@ CASES: list[tuple[str, str, Kind, str | None, dict]] = [
         "delays=0.1/0/0/0.1, dsn=2.0.0, status=sent (250 2.0.0 <u@example.com> bN3aK2x Saved)",
         Kind.DELIVERY,
         Q,
-        {"relay_ip": "private/dovecot-lmtp"},
+        {"relay_ip": "private/dovecot-lmtp", "transport": "lmtp"},
     ),
     (
         "postfix/error",
