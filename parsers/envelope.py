@@ -62,6 +62,30 @@ class Context:
         memo[stamp] = value
         return value
 
+    def rfc3339(self, stamp: str) -> datetime | None:
+        """An RFC 3339 stamp -> aware UTC; the fraction aside, a stamp repeats
+        for every line of a second, so the parsed second is kept."""
+        if stamp[19:20] != ".":
+            return rfc3339(stamp)
+        zone_at = stamp.find("+", 20)
+        if zone_at < 0:
+            zone_at = stamp.find("-", 20)
+            if zone_at < 0:
+                zone_at = stamp.find("Z", 20)
+        key = stamp[:19] + stamp[zone_at:]
+        memo = self._memo
+        whole = memo.get(key, memo)
+        if whole is memo:
+            if len(memo) > 100_000:
+                memo.clear()
+            whole = memo[key] = rfc3339(key)
+        if whole is None:
+            return None
+        digits = stamp[20:zone_at]
+        if not digits.isdigit():
+            return None
+        return whole.replace(microsecond=int((digits + "000000")[:6]))  # type: ignore[union-attr]
+
     def local(self, naive: datetime) -> datetime:
         """A naive local time (Exim without ``+timezone``) -> aware UTC."""
         return naive.replace(tzinfo=self.tz).astimezone(UTC)
@@ -110,18 +134,23 @@ EXIM = re.compile(
 
 
 def rfc3339(stamp: str) -> datetime | None:
-    if stamp.endswith("Z"):
-        stamp = stamp[:-1] + "+00:00"
-    if "." in stamp:
-        # fromisoformat takes 3 or 6 fraction digits; rsyslog may write 1 to 9.
-        head, rest = stamp.split(".", 1)
-        digits = len(rest) - 6 if rest[-6] in "+-" else len(rest) - 5
-        frac, zone = rest[:digits], rest[digits:]
-        stamp = f"{head}.{(frac + '000000')[:6]}{zone}"
+    """An RFC 3339 timestamp with any fraction (rsyslog writes 1 to 9
+    digits) and offset -> aware UTC, or None."""
+    zone_at = 19
+    if stamp[19:20] == ".":
+        zone_at = 20
+        while stamp[zone_at : zone_at + 1].isdigit():
+            zone_at += 1
+    zone = stamp[zone_at:]
+    if zone == "Z":
+        zone = "+00:00"
     try:
-        return datetime.fromisoformat(stamp).astimezone(UTC)
+        whole = datetime.fromisoformat(stamp[:19] + zone).astimezone(UTC)
     except ValueError:
         return None
+    if zone_at == 19:
+        return whole
+    return whole.replace(microsecond=int((stamp[20:zone_at] + "000000")[:6]))
 
 
 def exim_time(date: str, tz: str | None, ctx: Context) -> datetime | None:
@@ -143,23 +172,24 @@ def split(line: str, ctx: Context) -> Envelope | None:
     """
     m = BSD.match(line)
     if m is not None:
-        ts = ctx.bsd(m["stamp"])
+        stamp, host, program, pid, payload = m.groups()
+        ts = ctx.bsd(stamp)
     else:
         m = RFC3339.match(line)
         if m is None:
             m = EXIM.match(line)
             if m is None:
                 return None
-            pid = m["pid"]
-            return Envelope(exim_time(m["date"], m["tz"], ctx), None, None, int(pid) if pid else None, m["payload"])
-        ts = rfc3339(m["stamp"])
+            date, tz, pid, payload = m.groups()
+            return Envelope(exim_time(date, tz, ctx), None, None, int(pid) if pid else None, payload)
+        stamp, host, program, pid, payload = m.groups()
+        ts = ctx.rfc3339(stamp)
     if ts is None:
         return None
-    pid = m["pid"]
-    env = Envelope(ts, m["host"], m["prog"], int(pid) if pid else None, m["payload"])
-    if env.program.startswith("exim"):
-        inner = EXIM.match(env.payload)
+    env = Envelope(ts, host, program, int(pid) if pid else None, payload)
+    if program.startswith("exim"):
+        inner = EXIM.match(payload)
         if inner is not None:
-            env.ts = exim_time(inner["date"], inner["tz"], ctx) or env.ts
+            env.ts = exim_time(inner["date"], inner["tz"], ctx) or ts
             env.payload = inner["payload"]
     return env

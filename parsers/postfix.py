@@ -37,9 +37,11 @@ from .grammar import (
 S = pp.Suppress
 
 # Short ids are upper-case hex (their length depends on the machine); long
-# ids (enable_long_queue_ids) use a base-52 alphabet without vowels.
-_QID_RE = r"[0-9A-F]{5,}|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,}"
-QUEUE_ID = pp.Regex(f"(?:{_QID_RE})(?=:)").set_name("queue id")
+# ids (enable_long_queue_ids) use a base-52 alphabet without vowels. One
+# class holds both (hex's A and E included, the other vowels not), so that
+# "NOQUEUE", "warning" or "statistics" never pass for a queue id.
+_QID_RE = r"[0-9A-HJ-NP-TV-Zb-df-hj-np-tv-z]{5,}"
+QUEUE_ID = pp.Regex(f"{_QID_RE}(?=:)").set_name("queue id")
 
 # -- delivery agents: one line per recipient and attempt ---------------------
 
@@ -243,7 +245,7 @@ notification = (
     pp.Regex(r"sender|postmaster")("to")
     + pp.Regex(r"non-delivery|delay|delivery status")("notification")
     + S("notification:")
-    + pp.Regex(f"(?:{_QID_RE})$")("child")
+    + pp.Regex(f"{_QID_RE}$")("child")
 ).set_parse_action(
     lambda t: Reading(Kind.BOUNCE, None, {"child": t["child"], "notification": t["notification"], "to": t["to"]})
 )
@@ -323,73 +325,98 @@ def parse_grammar(payload: str) -> Reading | None:
 
 
 # -- the fast path --------------------------------------------------------------
+#
+# After "QUEUEID: " the first four characters say which shape it can be, so
+# each line meets one regular expression, not a list of them. Addresses are
+# matched as <[^>]*>: a quoted local part holding ">" fails here and goes to
+# the grammar, which reads it.
 
-_QID = f"(?P<qid>{_QID_RE})"
-_ADDR = r'<(?P<{}>(?:"[^"]*"|[^<>"])*)>'
+_IS_QID = re.compile(_QID_RE).fullmatch
 _FAST_DELIVERY = re.compile(
-    _QID + r": to=" + _ADDR.format("rcpt") + r"(?:, orig_to=" + _ADDR.format("orig") + r")?"
-    r", relay=(?P<relay>[^,\s]+)(?:, conn_use=(?P<conn>\d+))?, delay=(?P<delay>\d+(?:\.\d+)?)"
-    r", delays=(?P<delays>[\d.]+/[\d.]+/[\d.]+/[\d.]+)(?:, dsn=(?P<dsn>[245]\.\d{1,3}\.\d{1,3}))?"
-    r", status=(?P<status>deferred|sent|bounced|expired|undeliverable|deliverable|softbounce)"
-    r"(?: \((?P<reply>.*)\))?$",
+    r"to=<([^>]*)>(?:, orig_to=<([^>]*)>)?, relay=([^,\s]+)(?:, conn_use=(\d+))?, delay=(\d+(?:\.\d+)?)"
+    r", delays=([\d.]+/[\d.]+/[\d.]+/[\d.]+)(?:, dsn=([245]\.\d{1,3}\.\d{1,3}))?"
+    r", status=(deferred|sent|bounced|expired|undeliverable|deliverable|softbounce)(?: \((.*)\))?$",
     re.S,
-)
-_FAST_ENQUEUE = re.compile(
-    _QID + r": from=" + _ADDR.format("sender") + r", size=(?P<size>\d+), nrcpt=(?P<nrcpt>\d+) \(queue active\)$"
-)
-_FAST_MESSAGE_ID = re.compile(_QID + r": message-id=(?P<mid>.*)$", re.S)
-_FAST_REMOVED = re.compile(_QID + r": removed$")
-_FAST_CLIENT = re.compile(_QID + r": client=(?P<host>[^\s\[\]]*)\[(?P<ip>[^\]\s]*)\](?::(?P<port>\d+))?$")
-_FAST_CONNECT = re.compile(
-    r"(?P<dis>dis)?connect from (?P<host>[^\s\[\]]*)\[(?P<ip>[^\]\s]*)\](?::(?P<port>\d+))?"
-    r"(?P<commands>(?: .*)?)$",
+).match
+_FAST_ENQUEUE = re.compile(r"from=<([^>]*)>, size=(\d+), nrcpt=(\d+) \(queue active\)$").match
+_FAST_CLIENT = re.compile(r"client=([^\s\[\]]*)\[([^\]\s]*)\](?::(\d+))?$").match
+_FAST_NOTIFICATION = re.compile(
+    r"(sender|postmaster) (non-delivery|delay|delivery status) notification: (" + _QID_RE + ")$"
+).match
+_FAST_REJECT = re.compile(
+    r"reject: (RCPT|MAIL|DATA|END-OF-MESSAGE|CONNECT|EHLO|HELO) from ([^\s\[\]]*)\[([^\]\s]*)\](?::(\d+))?: "
+    r"([245]\d\d) ([245]\.\d{1,3}\.\d{1,3}) (.*); from=<([^>]*)> to=<([^>]*)> proto=([A-Z]+) helo=<([^>]*)>$",
     re.S,
-)
+).match
+_FAST_CONNECT = re.compile(r"(dis)?connect from ([^\s\[\]]*)\[([^\]\s]*)\](?::(\d+))?((?: .*)?)$", re.S).match
 
 
 def fast(payload: str) -> Reading | None:
     """The common shapes, without pyparsing; None to fall back to the grammar."""
-    c = payload[:1]
-    if c == "c" or c == "d":
-        m = _FAST_CONNECT.match(payload)
+    colon = payload.find(": ")
+    if colon < 0:
+        m = _FAST_CONNECT(payload)
         if m is None:
             return None
-        fields = host_fields("client", m["host"], m["ip"], m["port"])
-        if m["dis"]:
-            fields["commands"] = m["commands"].strip()
+        dis, host, ip, port, commands = m.groups()
+        fields = host_fields("client", host, ip, port)
+        if dis:
+            fields["commands"] = commands.strip()
             return Reading(Kind.DISCONNECT, None, fields)
-        return None if m["commands"] else Reading(Kind.CONNECT, None, fields)
-    m = _FAST_DELIVERY.match(payload)
-    if m is not None:
-        conn = m["conn"]
+        return None if commands else Reading(Kind.CONNECT, None, fields)
+    qid = payload[:colon]
+    rest = payload[colon + 2 :]
+    if qid == "NOQUEUE":
+        return _reject_reading(None, rest)
+    if _IS_QID(qid) is None:
+        return None
+    head = rest[:4]
+    if head == "to=<":
+        m = _FAST_DELIVERY(rest)
+        if m is None:
+            return None
+        rcpt, orig, relay, conn, delay, delays, dsn, status, reply = m.groups()
         reading = delivery_reading(
-            m["rcpt"],
-            m["orig"],
-            m["relay"],
-            int(conn) if conn else None,
-            float(m["delay"]),
-            m["delays"],
-            m["dsn"],
-            m["status"],
-            m["reply"],
+            rcpt, orig, relay, int(conn) if conn else None, float(delay), delays, dsn, status, reply
         )
-        reading.queue_id = m["qid"]
+        reading.queue_id = qid
         return reading
-    m = _FAST_ENQUEUE.match(payload)
-    if m is not None:
-        return Reading(
-            Kind.ENQUEUE, m["qid"], {"sender": m["sender"], "size": int(m["size"]), "nrcpt": int(m["nrcpt"])}
-        )
-    m = _FAST_MESSAGE_ID.match(payload)
-    if m is not None:
-        return Reading(Kind.MESSAGE_ID, m["qid"], {"message_id": m["mid"], "resent": False})
-    m = _FAST_REMOVED.match(payload)
-    if m is not None:
-        return Reading(Kind.REMOVED, m["qid"], {})
-    m = _FAST_CLIENT.match(payload)
-    if m is not None:
-        return Reading(Kind.CLIENT, m["qid"], host_fields("client", m["host"], m["ip"], m["port"]))
+    if head == "from":
+        m = _FAST_ENQUEUE(rest)
+        if m is None:
+            return None
+        sender, size, nrcpt = m.groups()
+        return Reading(Kind.ENQUEUE, qid, {"sender": sender, "size": int(size), "nrcpt": int(nrcpt)})
+    if head == "mess":
+        if rest.startswith("message-id="):
+            return Reading(Kind.MESSAGE_ID, qid, {"message_id": rest[11:], "resent": False})
+        return None
+    if head == "remo":
+        return Reading(Kind.REMOVED, qid, {}) if rest == "removed" else None
+    if head == "clie":
+        m = _FAST_CLIENT(rest)
+        return Reading(Kind.CLIENT, qid, host_fields("client", *m.groups())) if m is not None else None
+    if head == "send" or head == "post":
+        m = _FAST_NOTIFICATION(rest)
+        if m is None:
+            return None
+        to, notification, child = m.groups()
+        return Reading(Kind.BOUNCE, qid, {"child": child, "notification": notification, "to": to})
+    if head == "reje":
+        return _reject_reading(qid, rest)
     return None
+
+
+def _reject_reading(qid: str | None, rest: str) -> Reading | None:
+    m = _FAST_REJECT(rest)
+    if m is None:
+        return None
+    stage, host, ip, port, code, dsn, reply, sender, recipient, protocol, helo = m.groups()
+    fields: dict[str, Any] = {"action": "reject", "stage": stage, **host_fields("client", host, ip, port)}
+    fields.update(
+        code=int(code), dsn=dsn, reply=reply.strip(), sender=sender, recipient=recipient, protocol=protocol, helo=helo
+    )
+    return Reading(Kind.REJECT, qid, fields)
 
 
 def parse(payload: str, program: str | None = None) -> Reading | None:
