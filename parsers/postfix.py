@@ -279,7 +279,7 @@ service = pp.Regex(
     r"(?:warning|fatal|panic|error): .*"
     r"|statistics: .*"
     r"|daemon started -- .*|reload -- .*|terminating on signal \d+"
-    r"|(?:starting|stopping|refreshing) the Postfix mail system"
+    r"|(?:starting|stopping|refreshing) the Postfix mail system|waiting for the Postfix mail system to terminate"
     r"|the Postfix mail system is (?:not )?running(?:: PID: \d+)?"
     r"|(?:lost connection|timeout|too many errors|improper command pipelining) after \S+(?: \(.*\))? from .*"
     r"|(?:Anonymous|Untrusted|Trusted|Verified) TLS connection established (?:from|to) .*"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from parsers import Context, Kind, parse
 from parsers import postfix as pf
+from parsers.envelope import split
 
 CTX = Context(reference=datetime(2026, 3, 2, tzinfo=UTC))
 Q = "4F9D195432"
@@ -404,3 +407,30 @@ def test_unreadable_postfix_lines_are_unknown_not_errors() -> None:
     for payload in (f"{Q}: something postfix never wrote", f"{Q}: to=<a@b>, relay=", "", "NOQUEUE: nonsense"):
         ev = parse(line("postfix/smtp", payload), CTX)
         assert ev.kind is Kind.UNKNOWN and ev.mta == "postfix"
+
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "postfix"
+SAMPLE_LOGS = [e["file"] for e in json.loads((SAMPLES / "expected.json").read_text())["logs"]]
+
+
+@pytest.mark.parametrize("name", SAMPLE_LOGS)
+def test_every_sample_line_is_understood(name: str) -> None:
+    text = (SAMPLES / name).read_text()
+    unknown = [ln for ln in text.splitlines() if parse(ln, CTX).kind is Kind.UNKNOWN]
+    assert text.strip()
+    assert unknown == []
+
+
+@pytest.mark.parametrize("name", SAMPLE_LOGS)
+def test_fast_path_agrees_with_grammar_on_the_samples(name: str) -> None:
+    """The differential test that licenses the fast path: on every real line
+    it answers, it answers what the grammar answers."""
+    answered = 0
+    for ln in (SAMPLES / name).read_text().splitlines():
+        env = split(ln, CTX)
+        assert env is not None, ln
+        quick = pf.fast(env.payload)
+        if quick is not None:
+            answered += 1
+            assert quick == pf.parse_grammar(env.payload), ln
+    assert answered > 0
