@@ -9,7 +9,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-GENERATE = Path(__file__).resolve().parent.parent / "samples" / "generate.py"
+from parsers import parse
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+GENERATE = SAMPLES / "generate.py"
 
 
 def generate(tmp_path: Path, name: str, *args: str) -> tuple[str, dict]:
@@ -54,3 +57,36 @@ def test_timestamps_never_go_backwards(tmp_path: Path) -> None:
     stamps = [line.split(" ", 1)[0] for line in log.splitlines()]
     assert stamps == sorted(stamps)
     assert stamps[0].startswith("2026-03-01T00:00:") and stamps[0].endswith("+00:00")
+
+
+def shape(line: str) -> tuple:
+    """What a line is, without its values: daemon, kind, which fields it has."""
+    ev = parse(line)
+    status = ev.fields.get("status")
+    return (
+        ev.program.rpartition("/")[2],
+        str(ev.kind),
+        status,
+        frozenset(k for k, v in ev.fields.items() if v is not None),
+    )
+
+
+def test_every_generated_shape_occurs_in_the_real_postfix_capture(tmp_path: Path) -> None:
+    """ "Shapes taken from the real captures": a generated line whose shape
+    Postfix never wrote in samples/postfix would benchmark a fiction."""
+    log, _ = generate(tmp_path, "s.log", "--messages", "3000", "--seed", "5")
+    real = {shape(line) for line in (SAMPLES / "postfix" / "postfix.bsd.log").read_text().splitlines()}
+    made = {shape(line) for line in log.splitlines()}
+    assert {kind for _, kind, _, _ in made} >= {
+        "connect",
+        "client",
+        "message-id",
+        "enqueue",
+        "delivery",
+        "deferral",
+        "bounce",
+        "reject",
+        "removed",
+        "disconnect",
+    }
+    assert made - real == set()
