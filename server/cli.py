@@ -47,7 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tz", metavar="ZONE", help="zone of timestamps written without one (default UTC), e.g. Europe/Berlin"
     )
+    p.add_argument(
+        "--jobs", type=_positive, metavar="N", help="processes for --stats on large plain files (default: one per core)"
+    )
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +71,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.tz:
                 _check_zone(parser, args.tz)
             return parsecmd.run(
-                args.files, mta=args.mta, as_json=args.json, stats=args.stats, tz=args.tz, out=sys.stdout
+                args.files,
+                mta=args.mta,
+                as_json=args.json,
+                stats=args.stats,
+                tz=args.tz,
+                jobs=args.jobs,
+                out=sys.stdout,
             )
     except BrokenPipeError:  # `mtqpd parse big.log | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
+import itertools
 import json
 import lzma
 import subprocess
@@ -11,6 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from ingest import parsecmd
+from ingest.sources import byte_ranges, lines_between
 
 LINES = [
     "Mar  1 12:00:00 mx1 postfix/smtpd[10]: connect from a.example[192.0.2.1]",
@@ -105,3 +110,29 @@ def test_time_zone_setting(log: Path) -> None:
     assert json.loads(out.stdout.splitlines()[0])["ts"][11:19] == "11:00:00"
     bad = mtqpd("parse", "--tz", "Nowhere/Land", str(log))
     assert bad.returncode == 2 and "unknown time zone" in bad.stderr
+
+
+def test_parallel_count_equals_sequential_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Byte ranges parsed in separate processes must add up to the same
+    counts, with unknown lines numbered from the start of the file."""
+    path = tmp_path / "big.log"
+    body = LINES * 40  # unknown lines spread over every range
+    path.write_text("\n".join(body) + "\n")
+    monkeypatch.setattr(parsecmd, "PARALLEL_FROM", 0)
+    seq, par = io.StringIO(), io.StringIO()
+    assert parsecmd.run([str(path)], mta="auto", as_json=False, stats=True, tz=None, out=seq, jobs=1) == 0
+    assert parsecmd.run([str(path)], mta="auto", as_json=False, stats=True, tz=None, out=par, jobs=3) == 0
+    assert par.getvalue() == seq.getvalue()
+    assert f"lines: {len(body)}\n" in par.getvalue()
+    assert f"{path}:6:" in par.getvalue() and f"{path}:13:" in par.getvalue()
+
+
+def test_byte_ranges_cut_on_line_boundaries(tmp_path: Path) -> None:
+    path = tmp_path / "x.log"
+    path.write_text("".join(f"line {i} {'x' * (i % 17)}\n" for i in range(1000)))
+    for parts in (1, 2, 3, 7, 5000):
+        ranges = byte_ranges(str(path), parts)
+        assert ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
+        assert all(a < b for a, b in ranges) and all(b == c for (_, b), (c, _) in itertools.pairwise(ranges))
+        got = [ln for a, b in ranges for ln in lines_between(str(path), a, b)]
+        assert got == path.read_text().splitlines()
