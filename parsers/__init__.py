@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import postfix
+from . import exim, postfix, sendmail
 from .envelope import Context, split
 from .events import Event, Kind
 from .grammar import Reading
@@ -20,7 +20,11 @@ __all__ = ["MTAS", "Context", "Event", "Kind", "mta_of", "parse"]
 
 #: Each MTA's payload reader: (payload, program name or None) -> Reading,
 #: or None when the payload is not understood.
-READERS: dict[str, Callable[[str, str | None], Reading | None]] = {"postfix": postfix.parse}
+READERS: dict[str, Callable[[str, str | None], Reading | None]] = {
+    "postfix": postfix.parse,
+    "sendmail": sendmail.parse,
+    "exim": exim.parse,
+}
 MTAS = ("postfix", "exim", "sendmail")
 
 _DEFAULT = Context()
@@ -60,7 +64,12 @@ def parse(line: str, ctx: Context | None = None, mta: str = "auto") -> Event:
     line = line.rstrip("\r\n")
     env = split(line, ctx or _DEFAULT)
     if env is None:
-        return Event(None, None, None, None, None, None, Kind.UNKNOWN, {}, line)
+        # Exim's reject log dumps the refused message's envelope and header
+        # on undated lines after the entry they belong to.
+        more = exim.continuation(line) if mta in ("auto", "exim") else None
+        if more is None:
+            return Event(None, None, None, None, None, None, Kind.UNKNOWN, {}, line)
+        return Event(None, None, "exim", None, None, None, more.kind, more.fields, line)
     if env.program is None:  # Exim's own mainlog
         which: str | None = "exim"
     else:
