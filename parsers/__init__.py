@@ -16,7 +16,7 @@ from .envelope import Context, split
 from .events import Event, Kind
 from .grammar import Reading
 
-__all__ = ["MTAS", "Context", "Event", "Kind", "mta_of", "parse"]
+__all__ = ["MAX_LINE", "MTAS", "Context", "Event", "Kind", "mta_of", "parse"]
 
 #: Each MTA's payload reader: (payload, program name or None) -> Reading,
 #: or None when the payload is not understood.
@@ -26,6 +26,11 @@ READERS: dict[str, Callable[[str, str | None], Reading | None]] = {
     "exim": exim.parse,
 }
 MTAS = ("postfix", "exim", "sendmail")
+
+#: Longer lines are not parsed but counted as unknown: no MTA writes one
+#: (syslog daemons cut messages at 8 KiB by default), and reading one would
+#: only give a hostile line a bigger lever on the grammars.
+MAX_LINE = 32 * 1024
 
 _DEFAULT = Context()
 _MTA_OF: dict[str, str | None] = {}
@@ -62,6 +67,8 @@ def parse(line: str, ctx: Context | None = None, mta: str = "auto") -> Event:
     (a ``syslog_name`` nobody would guess); "auto" trusts the name.
     """
     line = line.rstrip("\r\n")
+    if len(line) > MAX_LINE:
+        return Event(None, None, None, None, None, None, Kind.UNKNOWN, {"reason": "overlong"}, line)
     env = split(line, ctx or _DEFAULT)
     if env is None:
         # Exim's reject log dumps the refused message's envelope and header

@@ -141,7 +141,8 @@ FIELDS: dict[Kind, tuple[str, ...]] = {
     Kind.ADMIN: ("action",),
     Kind.SERVICE: ("text",),
     Kind.FOREIGN: ("text",),
-    Kind.UNKNOWN: (),
+    # reason: "overlong" for a line too long to parse; absent otherwise.
+    Kind.UNKNOWN: ("reason",),
 }
 
 
