@@ -55,12 +55,17 @@ REST = pp.Regex(r".*", re.S).set_name("rest")
 QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z][0-9A-Za-z.-]*[0-9A-Za-z])")
 
 
+_HOST_KEYS: dict[str, tuple[str, str, str]] = {}
+
+
 def host_fields(prefix: str, host: str | None, ip: str | None, port: int | str | None = None) -> dict[str, Any]:
     """``{prefix}_host``, ``{prefix}_ip``, and ``{prefix}_port`` when logged."""
-    out: dict[str, Any] = {f"{prefix}_host": host or None, f"{prefix}_ip": ip or None}
+    keys = _HOST_KEYS.get(prefix)
+    if keys is None:  # a handful of prefixes; formatting them per line costs more than the rest
+        keys = _HOST_KEYS[prefix] = (f"{prefix}_host", f"{prefix}_ip", f"{prefix}_port")
     if port:
-        out[f"{prefix}_port"] = int(port)
-    return out
+        return {keys[0]: host or None, keys[1]: ip or None, keys[2]: int(port)}
+    return {keys[0]: host or None, keys[1]: ip or None}
 
 
 def addr_fields(prefix: str, addr: HostAddr) -> dict[str, Any]:
@@ -68,7 +73,7 @@ def addr_fields(prefix: str, addr: HostAddr) -> dict[str, Any]:
 
 
 def queued_as(reply: str | None) -> str | None:
-    if not reply:
+    if not reply or "queued as " not in reply:
         return None
     m = QUEUED_AS.search(reply)
     return m.group(1) if m else None

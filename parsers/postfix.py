@@ -76,9 +76,14 @@ def delivery_reading(
     dsn: str | None,
     status: str,
     reply: str | None,
+    relay_parts: tuple[str, str, str | None] | None = None,
 ) -> Reading:
     """One shape for the grammar and the fast path, so that they can only
-    differ in what they match, never in what they make of it."""
+    differ in what they match, never in what they make of it.
+
+    ``relay_parts`` is (host, ip, port) when the caller's match already
+    split a ``host[ip]:port`` relay; otherwise the relay is split here.
+    """
     fields: dict[str, Any] = {
         "recipient": recipient,
         "orig_recipient": orig,
@@ -89,25 +94,29 @@ def delivery_reading(
         "status": status,
         "reply": reply,
     }
-    m = _RELAY_HOST.match(relay)
-    if m is not None:
-        fields.update(host_fields("relay", m["host"], m["ip"], m["port"]))
+    if relay_parts is None and "[" in relay:
+        m = _RELAY_HOST(relay)
+        if m is not None:
+            relay_parts = m.groups()
+    if relay_parts is not None:
+        fields.update(host_fields("relay", *relay_parts))
     if conn_use is not None:
         fields["conn_use"] = conn_use
-    if status == "sent" and reply:
+    if status == "sent" and reply and " as " in reply:
         # The next hop's id ("queued as"), or local's re-submission of an
         # alias or .forward to a new queue id ("forwarded as").
         qa = queued_as(reply)
         if qa:
             fields["queued_as"] = qa
-        fw = _FORWARDED.search(reply)
+        fw = _FORWARDED(reply)
         if fw:
             fields["forwarded_as"] = fw.group(1)
-    return Reading(Kind.DEFERRAL if status == "deferred" else Kind.DELIVERY, None, fields)
+    return Reading(_DEFERRAL if status == "deferred" else _DELIVERY, None, fields)
 
 
-_RELAY_HOST = re.compile(r"(?P<host>[^\s\[\]]*)\[(?P<ip>[^\]\s]*)\](?::(?P<port>\d+))?$")
-_FORWARDED = re.compile(r"forwarded as ([0-9A-Za-z]+)")
+_DELIVERY, _DEFERRAL = Kind.DELIVERY, Kind.DEFERRAL  # enum attribute lookups are not free per line
+_RELAY_HOST = re.compile(r"([^\s\[\]]*)\[([^\]\s]*)\](?::(\d+))?$").match
+_FORWARDED = re.compile(r"forwarded as ([0-9A-Za-z]+)").search
 
 delivery.set_parse_action(
     lambda t: delivery_reading(
@@ -333,7 +342,8 @@ def parse_grammar(payload: str) -> Reading | None:
 
 _IS_QID = re.compile(_QID_RE).fullmatch
 _FAST_DELIVERY = re.compile(
-    r"to=<([^>]*)>(?:, orig_to=<([^>]*)>)?, relay=([^,\s]+)(?:, conn_use=(\d+))?, delay=(\d+(?:\.\d+)?)"
+    r"to=<([^>]*)>(?:, orig_to=<([^>]*)>)?, relay=(([^\s\[\],]*)\[([^\]\s,]*)\](?::(\d+))?|[^,\s]+)"
+    r"(?:, conn_use=(\d+))?, delay=(\d+(?:\.\d+)?)"
     r", delays=([\d.]+/[\d.]+/[\d.]+/[\d.]+)(?:, dsn=([245]\.\d{1,3}\.\d{1,3}))?"
     r", status=(deferred|sent|bounced|expired|undeliverable|deliverable|softbounce)(?: \((.*)\))?$",
     re.S,
@@ -351,6 +361,10 @@ _FAST_REJECT = re.compile(
 _FAST_CONNECT = re.compile(r"(dis)?connect from ([^\s\[\]]*)\[([^\]\s]*)\](?::(\d+))?((?: .*)?)$", re.S).match
 
 
+_CONNECT, _DISCONNECT, _CLIENT, _ENQUEUE = Kind.CONNECT, Kind.DISCONNECT, Kind.CLIENT, Kind.ENQUEUE
+_MESSAGE_ID, _REMOVED, _BOUNCE, _REJECT = Kind.MESSAGE_ID, Kind.REMOVED, Kind.BOUNCE, Kind.REJECT
+
+
 def fast(payload: str) -> Reading | None:
     """The common shapes, without pyparsing; None to fall back to the grammar."""
     colon = payload.find(": ")
@@ -362,8 +376,8 @@ def fast(payload: str) -> Reading | None:
         fields = host_fields("client", host, ip, port)
         if dis:
             fields["commands"] = commands.strip()
-            return Reading(Kind.DISCONNECT, None, fields)
-        return None if commands else Reading(Kind.CONNECT, None, fields)
+            return Reading(_DISCONNECT, None, fields)
+        return None if commands else Reading(_CONNECT, None, fields)
     qid = payload[:colon]
     rest = payload[colon + 2 :]
     if qid == "NOQUEUE":
@@ -375,9 +389,18 @@ def fast(payload: str) -> Reading | None:
         m = _FAST_DELIVERY(rest)
         if m is None:
             return None
-        rcpt, orig, relay, conn, delay, delays, dsn, status, reply = m.groups()
+        rcpt, orig, relay, host, ip, port, conn, delay, delays, dsn, status, reply = m.groups()
         reading = delivery_reading(
-            rcpt, orig, relay, int(conn) if conn else None, float(delay), delays, dsn, status, reply
+            rcpt,
+            orig,
+            relay,
+            int(conn) if conn else None,
+            float(delay),
+            delays,
+            dsn,
+            status,
+            reply,
+            (host, ip, port) if ip is not None else None,
         )
         reading.queue_id = qid
         return reading
@@ -386,22 +409,22 @@ def fast(payload: str) -> Reading | None:
         if m is None:
             return None
         sender, size, nrcpt = m.groups()
-        return Reading(Kind.ENQUEUE, qid, {"sender": sender, "size": int(size), "nrcpt": int(nrcpt)})
+        return Reading(_ENQUEUE, qid, {"sender": sender, "size": int(size), "nrcpt": int(nrcpt)})
     if head == "mess":
         if rest.startswith("message-id="):
-            return Reading(Kind.MESSAGE_ID, qid, {"message_id": rest[11:], "resent": False})
+            return Reading(_MESSAGE_ID, qid, {"message_id": rest[11:], "resent": False})
         return None
     if head == "remo":
-        return Reading(Kind.REMOVED, qid, {}) if rest == "removed" else None
+        return Reading(_REMOVED, qid, {}) if rest == "removed" else None
     if head == "clie":
         m = _FAST_CLIENT(rest)
-        return Reading(Kind.CLIENT, qid, host_fields("client", *m.groups())) if m is not None else None
+        return Reading(_CLIENT, qid, host_fields("client", *m.groups())) if m is not None else None
     if head == "send" or head == "post":
         m = _FAST_NOTIFICATION(rest)
         if m is None:
             return None
         to, notification, child = m.groups()
-        return Reading(Kind.BOUNCE, qid, {"child": child, "notification": notification, "to": to})
+        return Reading(_BOUNCE, qid, {"child": child, "notification": notification, "to": to})
     if head == "reje":
         return _reject_reading(qid, rest)
     return None
@@ -416,7 +439,7 @@ def _reject_reading(qid: str | None, rest: str) -> Reading | None:
     fields.update(
         code=int(code), dsn=dsn, reply=reply.strip(), sender=sender, recipient=recipient, protocol=protocol, helo=helo
     )
-    return Reading(Kind.REJECT, qid, fields)
+    return Reading(_REJECT, qid, fields)
 
 
 def parse(payload: str, program: str | None = None) -> Reading | None:
@@ -431,4 +454,4 @@ def parse(payload: str, program: str | None = None) -> Reading | None:
     return reading
 
 
-_ATTEMPTS = (Kind.DELIVERY, Kind.DEFERRAL)
+_ATTEMPTS = (_DELIVERY, _DEFERRAL)
