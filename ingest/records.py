@@ -21,7 +21,8 @@ from typing import Any
 ACTIONS = ("delivered", "relayed", "transferred", "delayed", "failed", "expanded")
 
 
-def _ts(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC, or None."""
     return value.astimezone(UTC).isoformat() if value is not None else None
 
 
@@ -51,7 +52,7 @@ class Attempt:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "at": _ts(self.at),
+            "at": iso(self.at),
             "outcome": self.outcome,
             "dsn": self.dsn,
             "remote_mta": self.remote_mta,
@@ -96,8 +97,8 @@ class Recipient:
             "status": self.status,
             "diagnostic": self.diagnostic,
             "remote_mta": self.remote_mta,
-            "last_attempt": _ts(self.last_attempt),
-            "will_retry_until": _ts(self.will_retry_until),
+            "last_attempt": iso(self.last_attempt),
+            "will_retry_until": iso(self.will_retry_until),
             "next_hop": self.next_hop,
             "transport": self.transport,
             "attempts": [a.to_dict() for a in self.attempts],
@@ -173,7 +174,7 @@ class TrackingRecord:
 
     @staticmethod
     def make_rid(host: str, queue_id: str, first_seen: datetime) -> str:
-        return f"{host}/{queue_id}/{_ts(first_seen)}"
+        return f"{host}/{queue_id}/{iso(first_seen)}"
 
     @property
     def queued(self) -> bool:
@@ -191,7 +192,7 @@ class TrackingRecord:
             "host": self.host,
             "queue_id": self.queue_id,
             "mta": self.mta,
-            "arrival": _ts(self.arrival),
+            "arrival": iso(self.arrival),
             "message_id": self.message_id,
             "envid": self.envid,
             "sender": self.sender,
@@ -199,8 +200,8 @@ class TrackingRecord:
             "client": self.client,
             "certifier": self.certifier,
             "mtrk_timeout": self.mtrk_timeout,
-            "removed": _ts(self.removed),
-            "last_seen": _ts(self.last_seen),
+            "removed": iso(self.removed),
+            "last_seen": iso(self.last_seen),
             "parents": [p.to_dict() for p in self.parents],
             "children": [c.to_dict() for c in self.children],
             "recipients": [r.to_dict() for r in self.recipients],

@@ -1,0 +1,351 @@
+"""The correlator: events in, tracking records out.
+
+It keeps, per (host, queue id), the record that queue id currently names,
+and folds each event into it. Everything a record says is derived from facts
+it keeps (attempts, links, times), so that:
+
+- applying the same event twice changes nothing (replay, crash recovery);
+- lines that arrive out of order across programs (a delivery line before
+  qmgr's ``from=``) give the same record as lines in order;
+- a queue id reused after its message left the queue starts a new record.
+
+Records are written to the store in batches (``flush``); reads between
+batches see the correlator's own copies first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from parsers import Event, Kind
+
+from .outcome import settle
+from .records import Attempt, Link, Recipient, TrackingRecord
+from .store import Store
+
+#: Each MTA's own default queue lifetime: Postfix maximal_queue_lifetime (5d),
+#: Exim's default retry rule (F,4d,6h), Sendmail Timeout.queuereturn (5d).
+DEFAULT_LIFETIMES = {"postfix": timedelta(days=5), "exim": timedelta(days=4), "sendmail": timedelta(days=5)}
+
+#: How far out of order two lines of one message may arrive and still be
+#: taken as one message after its "removed" line.
+SLACK = timedelta(seconds=5)
+
+#: Lines that only ever open a message: after the previous message under the
+#: same queue id was removed, they start a new record at once.
+_STARTS = frozenset({Kind.CLIENT, Kind.PICKUP})
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+#: Kinds that say something about a queued message.
+_ABOUT_MESSAGES = frozenset(
+    {
+        Kind.CLIENT,
+        Kind.PICKUP,
+        Kind.MESSAGE_ID,
+        Kind.ENQUEUE,
+        Kind.DELIVERY,
+        Kind.DEFERRAL,
+        Kind.BOUNCE,
+        Kind.REQUEUE,
+        Kind.EXPANSION,
+        Kind.REMOVED,
+        Kind.EXPIRED,
+        Kind.REJECT,
+    }
+)
+
+#: Delivery statuses as attempt outcomes.
+_OUTCOMES = {
+    "sent": "sent",
+    "deferred": "deferred",
+    "bounced": "bounced",
+    "expired": "expired",
+    "failed": "failed",
+    "softbounce": "deferred",
+}
+
+
+@dataclass(slots=True)
+class Settings:
+    #: Host name for lines that carry none (Exim's own mainlog).
+    default_host: str = "localhost"
+    lifetimes: dict[str, timedelta] = field(default_factory=lambda: dict(DEFAULT_LIFETIMES))
+
+
+class Correlator:
+    def __init__(self, store: Store, settings: Settings | None = None) -> None:
+        self.store = store
+        self.settings = settings or Settings()
+        #: The records of each (host, queue id) seen in this run, oldest first.
+        self._gens: dict[tuple[str, str], list[TrackingRecord]] = {}
+        self._dirty: dict[str, TrackingRecord] = {}
+        #: Latest line time seen: what "long ago" means when evicting.
+        self._now: datetime | None = None
+
+    # -- finding the record an event belongs to ---------------------------------
+
+    def _generations(self, host: str, qid: str) -> list[TrackingRecord]:
+        """Every record of (host, qid), oldest first: loaded from the store
+        the first time the key is seen, kept here after that (copies, so
+        that the store's indexes change only through put)."""
+        key = (host, qid)
+        gens = self._gens.get(key)
+        if gens is None:
+            stored = [r for r in self.store.by_queue_id(qid) if r.host == host]
+            gens = self._gens[key] = [TrackingRecord.from_dict(r.to_dict()) for r in stored]
+        return gens
+
+    def _record(self, host: str, qid: str, ev: Event, mta: str) -> TrackingRecord:
+        """The record that ``ev`` belongs to, made when there is none.
+
+        That is the last record of (host, qid) to have arrived by the
+        event's time, unless that message had already left the queue: then
+        the queue id was reused and a new record begins.
+        """
+        ts = ev.ts
+        gens = self._generations(host, qid)
+        rec = None
+        if ts is None:
+            rec = gens[-1] if gens else None
+        else:
+            rec = next((g for g in reversed(gens) if g.arrival <= ts + SLACK), None)
+            left = rec is not None and rec.removed is not None and ts > rec.removed
+            if left and (ev.kind in _STARTS or ts > rec.removed + SLACK):  # type: ignore[union-attr]
+                rec = None
+        if rec is None:
+            at = ts or self._now or _EPOCH
+            rec = TrackingRecord(TrackingRecord.make_rid(host, qid, at), host, qid, mta, at, last_seen=at)
+            gens.append(rec)
+            gens.sort(key=lambda g: g.arrival)
+        if ts is not None:
+            if ts < rec.arrival:
+                rec.arrival = ts
+            if rec.last_seen is None or ts > rec.last_seen:
+                rec.last_seen = ts
+        self._dirty[rec.rid] = rec
+        return rec
+
+    # -- applying events -----------------------------------------------------------
+
+    def apply(self, ev: Event, host: str | None = None) -> None:
+        """Fold one event into the records it concerns."""
+        if ev.kind not in _ABOUT_MESSAGES or ev.queue_id is None or ev.mta is None:
+            return
+        f = ev.fields
+        if ev.kind is Kind.REJECT and f.get("stage") not in ("DATA", "END-OF-MESSAGE"):
+            return  # one recipient refused in the dialogue; the message goes on
+        if ev.kind is Kind.ENQUEUE and f.get("nrcpt") == 0 and not f.get("recipients"):
+            return  # Sendmail names every SMTP session; nothing was queued
+        if ev.ts is not None and (self._now is None or ev.ts > self._now):
+            self._now = ev.ts
+        host = host or ev.host or self.settings.default_host
+        rec = self._record(host, ev.queue_id, ev, ev.mta)
+        handler = _HANDLERS.get(ev.kind)
+        if handler is not None:
+            handler(self, rec, ev, host)
+
+    def _on_client(self, rec: TrackingRecord, ev: Event, host: str) -> None:
+        h, ip = ev.fields.get("client_host"), ev.fields.get("client_ip")
+        if ip or h:
+            rec.client = f"{h or 'unknown'}[{ip}]" if ip else h
+
+    def _on_pickup(self, rec: TrackingRecord, ev: Event, host: str) -> None:
+        rec.client = rec.client or "local"
+        if rec.sender is None:
+            rec.sender = ev.fields.get("sender")
+
+    def _on_message_id(self, rec: TrackingRecord, ev: Event, host: str) -> None:
+        if not ev.fields.get("resent") and ev.fields.get("message_id"):
+            rec.message_id = ev.fields["message_id"]
+
+    def _on_enqueue(self, rec: TrackingRecord, ev: Event, host: str) -> None:
+        f = ev.fields
+        if f.get("sender") is not None:
+            rec.sender = f["sender"]
+        if f.get("size") is not None:
+            rec.size = f["size"]
+        if f.get("message_id") and not rec.message_id:
+            rec.message_id = f["message_id"]
+        if f.get("envid"):
+            rec.envid = f["envid"]
+        if f.get("client_ip") or f.get("client_host"):
+            self._on_client(rec, ev, host)
+        for address in f.get("recipients") or ():
+            self._recipient(rec, address, None)
+        parent = f.get("bounce_of")
+        if parent:
+            self._link_bounce(host, parent, rec, ev)
+        self._settle(rec)
+
+    def _on_attempt(self, rec: TrackingRecord, ev: Event, host: str) -> None:
+        f = ev.fields
+        addresses = f.get("recipients") or ([f["recipient"]] if f.get("recipient") else [])
+        if not addresses:
+            return  # a note about one host of an attempt; the per-recipient line follows
+        outcome = _OUTCOMES.get(f.get("status") or "", "deferred" if ev.kind is Kind.DEFERRAL else "sent")
+        if f.get("attempted") is False:
+            outcome = ""  # Exim's "retry time not reached": nothing was tried
+        remote = f.get("relay_host") or f.get("relay_ip")
+        if remote and f.get("relay_ip") and remote != f["relay_ip"] and f.get("relay_host") in (None, "", "none"):
+            remote = f["relay_ip"]
+        for address in addresses:
+            r = self._recipient(rec, address, f.get("orig_recipient"))
+            if f.get("transport") and (r.transport is None or outcome == "sent"):
+                r.transport = f["transport"]
+            if outcome == "sent":
+                hop = f.get("queued_as") or f.get("forwarded_as")
+                if hop:
+                    r.next_hop = hop
+            if outcome and ev.ts is not None:
+                attempt = Attempt(ev.ts, outcome, f.get("dsn"), remote, f.get("reply"))
+                if attempt not in r.attempts:
+                    r.attempts.append(attempt)
+        self._settle(rec)
+
+    def _on_bounce(self, rec: TrackingRecord, ev: Event, host: str) -> None:
+        child_qid = ev.fields.get("child")
+        if child_qid:
+            child = self._record(host, child_qid, ev, rec.mta)
+            if child.sender is None:
+                child.sender = ""
+            self._link(rec, Link(host, child_qid, "bounce"))
+            self._link(child, Link(host, rec.queue_id, "bounce-of"), parents=True)
+        if ev.fields.get("expired"):
+            self._expire(rec, ev)
+
+    def _link_bounce(self, host: str, parent_qid: str, child: TrackingRecord, ev: Event) -> None:
+        self._link(child, Link(host, parent_qid, "bounce-of"), parents=True)
+        gens = self._generations(host, parent_qid)
+        parent = next((g for g in reversed(gens) if ev.ts is None or g.arrival <= ev.ts), None)
+        if parent is not None:
+            self._link(parent, Link(host, child.queue_id, "bounce"))
+            self._dirty[parent.rid] = parent
+
+    def _on_expansion(self, rec: TrackingRecord, ev: Event, host: str) -> None:
+        alias = ev.fields.get("recipient")
+        for member in ev.fields.get("members") or ():
+            self._recipient(rec, member, alias)
+        self._settle(rec)
+
+    def _on_requeue(self, rec: TrackingRecord, ev: Event, host: str) -> None:
+        for child in ev.fields.get("children") or [ev.fields.get("queued_as")]:
+            if child:
+                self._link(rec, Link(host, child, "split"))
+
+    def _on_removed(self, rec: TrackingRecord, ev: Event, host: str) -> None:
+        if ev.ts is not None and (rec.removed is None or ev.ts > rec.removed):
+            rec.removed = ev.ts
+
+    def _on_expired(self, rec: TrackingRecord, ev: Event, host: str) -> None:
+        self._expire(rec, ev)
+
+    def _on_reject(self, rec: TrackingRecord, ev: Event, host: str) -> None:
+        # Refused at the end of DATA (header/body checks, milters): the queue
+        # file is gone and no "removed" line will follow.
+        self._on_removed(rec, ev, host)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _recipient(self, rec: TrackingRecord, address: str, original: str | None) -> Recipient:
+        """The recipient ``address`` of ``rec``, added when new.
+
+        A bare local part (Exim and Sendmail local deliveries) is the member
+        of this record it names. A recipient known only from the envelope
+        (Exim's ``for``) gives way to the members of its expansion once one
+        is seen, so that an alias to one address stays that address's story.
+        """
+        if "@" not in address and original is None:
+            for r in rec.recipients:
+                if r.final.partition("@")[0] == address:
+                    return r
+        final = _qualify(address, original)
+        r = rec.recipient(final)
+        if r is None:
+            r = Recipient(final=final)
+            rec.recipients.append(r)
+        if original and original != final:
+            if r.original is None:
+                r.original = original
+            placeholder = rec.recipient(original)
+            if placeholder is not None and not placeholder.attempts and placeholder.original is None:
+                rec.recipients.remove(placeholder)
+        return r
+
+    def _expire(self, rec: TrackingRecord, ev: Event) -> None:
+        """The message left the queue by expiry: every recipient still
+        waiting failed, keeping the status of its last refusal."""
+        if ev.ts is None:
+            return
+        for r in rec.recipients:
+            if r.action == "delayed":
+                last = next((a.dsn for a in reversed(r.attempts) if a.dsn), None)
+                attempt = Attempt(ev.ts, "expired", last)
+                if attempt not in r.attempts:
+                    r.attempts.append(attempt)
+        self._settle(rec)
+
+    def _settle(self, rec: TrackingRecord) -> None:
+        lifetime = self.settings.lifetimes.get(rec.mta, timedelta(days=5))
+        for r in rec.recipients:
+            settle(r, rec.arrival, lifetime)
+
+    @staticmethod
+    def _link(rec: TrackingRecord, link: Link, parents: bool = False) -> None:
+        links = rec.parents if parents else rec.children
+        if link not in links:
+            links.append(link)
+
+    # -- writing ------------------------------------------------------------------
+
+    def flush(self, durable: bool = True) -> int:
+        """Write every changed record to the store; return how many.
+
+        Records that left the queue long ago (in log time) are dropped from
+        the correlator's memory: the store has them.
+        """
+        changed = list(self._dirty.values())
+        for rec in changed:
+            self._settle(rec)  # arrival may have moved earlier since
+        self.store.put(changed)
+        self._dirty.clear()
+        if durable:
+            self.store.flush()
+        if self._now is not None:
+            horizon = self._now - timedelta(hours=1)
+            done = [k for k, gens in self._gens.items() if gens[-1].removed is not None and gens[-1].removed < horizon]
+            for key in done:
+                del self._gens[key]
+        return len(changed)
+
+    @property
+    def pending(self) -> int:
+        """Records changed since the last flush."""
+        return len(self._dirty)
+
+
+def _qualify(address: str, original: str | None) -> str:
+    """Exim and Sendmail name a local delivery by its local part alone
+    (``=> carol <team@example.org>``, ``to=bob,carol``): give it the domain of
+    the address it came from."""
+    if "@" in address or not original or "@" not in original:
+        return address
+    local, _, domain = original.rpartition("@")
+    return original if local == address else f"{address}@{domain}"
+
+
+_HANDLERS = {
+    Kind.CLIENT: Correlator._on_client,
+    Kind.PICKUP: Correlator._on_pickup,
+    Kind.MESSAGE_ID: Correlator._on_message_id,
+    Kind.ENQUEUE: Correlator._on_enqueue,
+    Kind.DELIVERY: Correlator._on_attempt,
+    Kind.DEFERRAL: Correlator._on_attempt,
+    Kind.BOUNCE: Correlator._on_bounce,
+    Kind.EXPANSION: Correlator._on_expansion,
+    Kind.REQUEUE: Correlator._on_requeue,
+    Kind.REMOVED: Correlator._on_removed,
+    Kind.EXPIRED: Correlator._on_expired,
+    Kind.REJECT: Correlator._on_reject,
+}
