@@ -307,6 +307,7 @@ class Correlator:
         """
         changed = list(self._dirty.values())
         for rec in changed:
+            _canonical(rec)
             self._settle(rec)  # arrival may have moved earlier since
         self.store.put(changed)
         self._dirty.clear()
@@ -323,6 +324,15 @@ class Correlator:
     def pending(self) -> int:
         """Records changed since the last flush."""
         return len(self._dirty)
+
+
+def _canonical(rec: TrackingRecord) -> None:
+    """One order for what a record lists, whatever order the lines came in."""
+    rec.recipients.sort(key=lambda r: (r.original or r.final, r.final))
+    for r in rec.recipients:
+        r.attempts.sort(key=lambda a: (a.at, a.outcome, a.dsn or "", a.reply or ""))
+    rec.parents.sort(key=lambda link: (link.kind, link.host, link.queue_id))
+    rec.children.sort(key=lambda link: (link.kind, link.host, link.queue_id))
 
 
 def _qualify(address: str, original: str | None) -> str:

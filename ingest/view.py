@@ -92,7 +92,7 @@ def _one(record: TrackingRecord, r: Recipient, store: Store) -> RecipientView:
 
 
 def recipients(record: TrackingRecord, store: Store) -> list[RecipientView]:
-    """One view per original recipient, in the order they were first seen."""
+    """One view per original recipient, in the record's order."""
     groups: dict[str, list[Recipient]] = {}
     for r in record.recipients:
         groups.setdefault(r.original or r.final, []).append(r)
