@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from parsers import Event, Kind
 
-from .outcome import settle
+from .outcome import FINAL, settle
 from .records import Attempt, Link, Recipient, TrackingRecord
 from .store import Store
 
@@ -81,6 +81,8 @@ class Correlator:
         #: The records of each (host, queue id) seen in this run, oldest first.
         self._gens: dict[tuple[str, str], list[TrackingRecord]] = {}
         self._dirty: dict[str, TrackingRecord] = {}
+        #: Every record written in this run, by rid.
+        self.written: set[str] = set()
         #: Latest line time seen: what "long ago" means when evicting.
         self._now: datetime | None = None
 
@@ -177,7 +179,6 @@ class Correlator:
         parent = f.get("bounce_of")
         if parent:
             self._link_bounce(host, parent, rec, ev)
-        self._settle(rec)
 
     def _on_attempt(self, rec: TrackingRecord, ev: Event, host: str) -> None:
         f = ev.fields
@@ -202,7 +203,6 @@ class Correlator:
                 attempt = Attempt(ev.ts, outcome, f.get("dsn"), remote, f.get("reply"))
                 if attempt not in r.attempts:
                     r.attempts.append(attempt)
-        self._settle(rec)
 
     def _on_bounce(self, rec: TrackingRecord, ev: Event, host: str) -> None:
         child_qid = ev.fields.get("child")
@@ -227,7 +227,6 @@ class Correlator:
         alias = ev.fields.get("recipient")
         for member in ev.fields.get("members") or ():
             self._recipient(rec, member, alias)
-        self._settle(rec)
 
     def _on_requeue(self, rec: TrackingRecord, ev: Event, host: str) -> None:
         for child in ev.fields.get("children") or [ev.fields.get("queued_as")]:
@@ -279,12 +278,11 @@ class Correlator:
         if ev.ts is None:
             return
         for r in rec.recipients:
-            if r.action == "delayed":
+            if not any(a.outcome in FINAL for a in r.attempts):
                 last = next((a.dsn for a in reversed(r.attempts) if a.dsn), None)
                 attempt = Attempt(ev.ts, "expired", last)
                 if attempt not in r.attempts:
                     r.attempts.append(attempt)
-        self._settle(rec)
 
     def _settle(self, rec: TrackingRecord) -> None:
         lifetime = self.settings.lifetimes.get(rec.mta, timedelta(days=5))
@@ -300,12 +298,13 @@ class Correlator:
     # -- writing ------------------------------------------------------------------
 
     def flush(self, durable: bool = True) -> int:
-        """Write every changed record to the store; return how many.
+        """Settle and write every changed record to the store; return how many.
 
         Records that left the queue long ago (in log time) are dropped from
         the correlator's memory: the store has them.
         """
         changed = list(self._dirty.values())
+        self.written.update(self._dirty)
         for rec in changed:
             _canonical(rec)
             self._settle(rec)  # arrival may have moved earlier since

@@ -60,7 +60,7 @@ def settle(r: Recipient, arrival: datetime, lifetime: timedelta) -> None:
     """Set ``r``'s action, status, diagnostic and dates from its attempts."""
     attempts = sorted(r.attempts, key=lambda a: (a.at, a.outcome, a.dsn or ""))
     if not attempts:
-        r.action, r.status, r.diagnostic = "delayed", "4.0.0", None
+        r.action, r.status, r.diagnostic, r.remote_mta = "delayed", "4.0.0", None, None
         r.last_attempt = None
         r.will_retry_until = arrival + lifetime
         return
@@ -68,8 +68,9 @@ def settle(r: Recipient, arrival: datetime, lifetime: timedelta) -> None:
     last: Attempt = final[-1] if final else attempts[-1]
     r.last_attempt = attempts[-1].at
     r.diagnostic = last.reply
-    if last.remote_mta:
-        r.remote_mta = last.remote_mta
+    # The last MTA that was talked to, even when the final word was the
+    # queue's own (an expiry names no host).
+    r.remote_mta = next((a.remote_mta for a in reversed(attempts) if a.remote_mta), None)
     if last.outcome == "sent":
         r.action = "delivered" if delivered_locally(r.transport, last.remote_mta) else "relayed"
         r.status = last.dsn or "2.0.0"

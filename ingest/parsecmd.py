@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from parsers import Context, Event, Kind, parse
 
+from .bulk import gc_paused
 from .sources import OPENERS, byte_ranges, lines, lines_between, reference_time
 
 #: How many unknown lines --stats shows.
@@ -86,8 +87,9 @@ def _count_range(path: str, start: int, end: int, ref: datetime, tz: str | None,
     """A worker's share: the stats of the lines that start in [start, end)."""
     ctx = _context(tz, ref)
     stats = Stats()
-    for lineno, text in enumerate(lines_between(path, start, end), 1):
-        stats.add(parse(text, ctx, mta), path, lineno)
+    with gc_paused():
+        for lineno, text in enumerate(lines_between(path, start, end), 1):
+            stats.add(parse(text, ctx, mta), path, lineno)
     return stats
 
 
@@ -121,11 +123,12 @@ def run(
                 part = _count_parallel(path, ref, tz, mta, jobs)
                 continue
             ctx = _context(tz, ref)
-            for lineno, text in enumerate(lines(path), 1):
-                ev = parse(text, ctx, mta)
-                part.add(ev, path, lineno)
-                if show_events:
-                    out.write((json.dumps(ev.to_json()) if as_json else render(ev)) + "\n")
+            with gc_paused():
+                for lineno, text in enumerate(lines(path), 1):
+                    ev = parse(text, ctx, mta)
+                    part.add(ev, path, lineno)
+                    if show_events:
+                        out.write((json.dumps(ev.to_json()) if as_json else render(ev)) + "\n")
         except BrokenPipeError:
             raise
         except OSError as exc:

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 from parsers import Context, Kind, parse
 
+from .bulk import gc_paused
 from .correlator import Correlator, Settings
 from .sources import lines, reference_time
 from .store import Store
@@ -64,7 +65,7 @@ class Summary:
     def write(self, out: TextIO) -> None:
         rate = self.lines / self.seconds if self.seconds else 0.0
         out.write(f"lines: {self.lines}\nunknown: {self.kinds.get(Kind.UNKNOWN, 0)}\n")
-        out.write(f"records written: {self.records}\nseconds: {self.seconds:.2f} ({rate:,.0f} lines/s)\n")
+        out.write(f"records: {self.records}\nseconds: {self.seconds:.2f} ({rate:,.0f} lines/s)\n")
         out.write("events:\n")
         for kind, n in sorted(self.kinds.items(), key=lambda kv: (-kv[1], str(kv[0]))):
             out.write(f"  {kind!s:<12} {n}\n")
@@ -109,6 +110,18 @@ def replay(
     summary = Summary()
     bar = Progress(progress)
     zone = ZoneInfo(tz) if tz else None
+    with gc_paused():
+        _replay_files(paths, correlator, summary, bar, zone, mta)
+    correlator.flush(durable=True)
+    summary.records = len(correlator.written)
+    bar.done()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _replay_files(
+    paths: list[str], correlator: Correlator, summary: Summary, bar: Progress, zone: ZoneInfo | None, mta: str
+) -> None:
     for path in order_logs(paths):
         try:
             ref = reference_time(path)
@@ -119,16 +132,12 @@ def replay(
                 summary.kinds[ev.kind] += 1
                 correlator.apply(ev)
                 if summary.lines % BATCH == 0:
-                    summary.records += correlator.flush(durable=False)
+                    correlator.flush(durable=False)
                     bar.update(path, summary.lines)
         except OSError as exc:
             summary.errors.append(f"{path}: {exc.strerror or exc}")
         except EOFError as exc:  # a truncated compressed file: what was read counts
             summary.errors.append(f"{path}: truncated ({exc})")
-    summary.records += correlator.flush(durable=True)
-    bar.done()
-    summary.seconds = time.monotonic() - started
-    return summary
 
 
 def progress_stream() -> TextIO | None:

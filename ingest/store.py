@@ -126,6 +126,7 @@ class MemoryStore:
         self.retention = retention
         self._records: dict[str, TrackingRecord] = {}
         self._meta: dict[str, Any] = {}
+        self._indexed: dict[str, dict[str, set[str]]] = {}
         self._index: dict[str, defaultdict[str, set[str]]] = {
             name: defaultdict(set) for name in ("host_qid", "qid", "mid", "envid", "hop")
         }
@@ -139,10 +140,12 @@ class MemoryStore:
             "hop": {x.next_hop for x in r.recipients if x.next_hop},
         }
 
-    def _unindex(self, r: TrackingRecord) -> None:
-        for name, keys in self._keys(r).items():
+    def _unindex(self, rid: str) -> None:
+        # The keys indexed at put time, not the record's keys now: a caller
+        # may have changed the record it put (the correlator does).
+        for name, keys in self._indexed.pop(rid, {}).items():
             for key in keys:
-                self._index[name][key].discard(r.rid)
+                self._index[name][key].discard(rid)
 
     def _find(self, name: str, key: str) -> list[TrackingRecord]:
         found = [self._records[rid] for rid in self._index[name].get(key, ())]
@@ -153,12 +156,11 @@ class MemoryStore:
 
     def put(self, records: Iterable[TrackingRecord]) -> None:
         for r in records:
-            old = self._records.get(r.rid)
-            if old is not None:
-                self._unindex(old)
+            self._unindex(r.rid)
             self._records[r.rid] = r
-            for name, keys in self._keys(r).items():
-                for key in keys:
+            keys = self._indexed[r.rid] = self._keys(r)
+            for name, values in keys.items():
+                for key in values:
                     self._index[name][key].add(r.rid)
 
     def latest(self, host: str, queue_id: str) -> TrackingRecord | None:
@@ -184,7 +186,7 @@ class MemoryStore:
     def expire(self, now: datetime) -> int:
         gone = [r for r in self._records.values() if expired(r, now, self.retention)]
         for r in gone:
-            self._unindex(r)
+            self._unindex(r.rid)
             del self._records[r.rid]
         return len(gone)
 
