@@ -14,10 +14,11 @@ import pytest
 
 from ingest.records import Attempt, Link, Recipient, TrackingRecord
 from ingest.store import MemoryStore, Store
+from ingest.tinystore import TinyStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
-STORES: dict[str, Callable[[Path], Store]] = {"memory": lambda _path: MemoryStore()}
+STORES: dict[str, Callable[[Path], Store]] = {"memory": lambda _path: MemoryStore(), "tiny": TinyStore}
 
 
 @pytest.fixture(params=sorted(STORES))
@@ -92,6 +93,22 @@ def test_put_replaces_by_rid_and_reindexes(store: Store) -> None:
     store.put([r2])
     assert [x.rid for x in store.by_message_id("new@x")] == [r.rid]
     assert store.by_message_id("old@x") == []
+
+
+def test_a_record_changed_after_put_is_reindexed_by_the_next_put(store: Store) -> None:
+    """The correlator keeps working on the records it put; the store must
+    index what a record says at each put, not what it said at the first."""
+    r = record("AAAAA11111")
+    store.put([r])
+    r.message_id = "<late@x>"
+    r.recipients[0].next_hop = "HOP1234567"
+    store.put([r])
+    assert [x.rid for x in store.by_message_id("late@x")] == [r.rid]
+    assert [x.rid for x in store.by_next_hop("HOP1234567")] == [r.rid]
+    r.message_id = "<later@x>"
+    store.put([r])
+    assert store.by_message_id("late@x") == []
+    assert [x.rid for x in store.by_message_id("later@x")] == [r.rid]
 
 
 def test_lookups(store: Store) -> None:
