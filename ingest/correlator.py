@@ -38,23 +38,7 @@ _STARTS = frozenset({Kind.CLIENT, Kind.PICKUP})
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-#: Kinds that say something about a queued message.
-_ABOUT_MESSAGES = frozenset(
-    {
-        Kind.CLIENT,
-        Kind.PICKUP,
-        Kind.MESSAGE_ID,
-        Kind.ENQUEUE,
-        Kind.DELIVERY,
-        Kind.DEFERRAL,
-        Kind.BOUNCE,
-        Kind.REQUEUE,
-        Kind.EXPANSION,
-        Kind.REMOVED,
-        Kind.EXPIRED,
-        Kind.REJECT,
-    }
-)
+_REJECT, _ENQUEUE = Kind.REJECT, Kind.ENQUEUE
 
 #: Delivery statuses as attempt outcomes.
 _OUTCOMES = {
@@ -107,12 +91,11 @@ class Correlator:
         the queue id was reused and a new record begins.
         """
         ts = ev.ts
-        gens = self._generations(host, qid)
-        rec = None
-        if ts is None:
-            rec = gens[-1] if gens else None
-        else:
-            rec = next((g for g in reversed(gens) if g.arrival <= ts + SLACK), None)
+        gens = self._gens.get((host, qid)) or self._generations(host, qid)
+        rec = gens[-1] if gens else None
+        if ts is not None and rec is not None:
+            if rec.arrival > ts + SLACK:  # an older message under the same id, or none
+                rec = next((g for g in reversed(gens) if g.arrival <= ts + SLACK), None)
             left = rec is not None and rec.removed is not None and ts > rec.removed
             if left and (ev.kind in _STARTS or ts > rec.removed + SLACK):  # type: ignore[union-attr]
                 rec = None
@@ -133,20 +116,20 @@ class Correlator:
 
     def apply(self, ev: Event, host: str | None = None) -> None:
         """Fold one event into the records it concerns."""
-        if ev.kind not in _ABOUT_MESSAGES or ev.queue_id is None or ev.mta is None:
+        qid = ev.queue_id
+        handler = _HANDLERS.get(ev.kind) if qid is not None else None
+        if handler is None or ev.mta is None:
             return
-        f = ev.fields
-        if ev.kind is Kind.REJECT and f.get("stage") not in ("DATA", "END-OF-MESSAGE"):
+        kind = ev.kind
+        if kind is _REJECT and ev.fields.get("stage") not in ("DATA", "END-OF-MESSAGE"):
             return  # one recipient refused in the dialogue; the message goes on
-        if ev.kind is Kind.ENQUEUE and f.get("nrcpt") == 0 and not f.get("recipients"):
+        if kind is _ENQUEUE and ev.fields.get("nrcpt") == 0 and not ev.fields.get("recipients"):
             return  # Sendmail names every SMTP session; nothing was queued
-        if ev.ts is not None and (self._now is None or ev.ts > self._now):
-            self._now = ev.ts
+        ts = ev.ts
+        if ts is not None and (self._now is None or ts > self._now):
+            self._now = ts
         host = host or ev.host or self.settings.default_host
-        rec = self._record(host, ev.queue_id, ev, ev.mta)
-        handler = _HANDLERS.get(ev.kind)
-        if handler is not None:
-            handler(self, rec, ev, host)
+        handler(self, self._record(host, qid, ev, ev.mta), ev, host)  # type: ignore[arg-type]
 
     def _on_client(self, rec: TrackingRecord, ev: Event, host: str) -> None:
         h, ip = ev.fields.get("client_host"), ev.fields.get("client_ip")
@@ -344,6 +327,9 @@ def _qualify(address: str, original: str | None) -> str:
     return original if local == address else f"{address}@{domain}"
 
 
+#: The kinds that concern a queued message, and what each does to its record;
+#: every other kind (connections, service notices, foreign lines) is not the
+#: correlator's business.
 _HANDLERS = {
     Kind.CLIENT: Correlator._on_client,
     Kind.PICKUP: Correlator._on_pickup,
