@@ -36,3 +36,8 @@ def generated_log(lines: int, seed: int = 1) -> Path:
 @pytest.fixture(scope="session")
 def log_1m() -> Path:
     return generated_log(1_000_000)
+
+
+@pytest.fixture(scope="session")
+def log_100k() -> Path:
+    return generated_log(100_000)

@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import generated_log
-
 TARGET = 1.0
 
 
@@ -44,11 +42,11 @@ def size_of(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def test_replay_throughput(tmp_path: Path) -> None:
+def test_replay_throughput(tmp_path: Path, log_100k: Path, log_1m: Path) -> None:
     pflogsumm = shutil.which("pflogsumm")
     if pflogsumm is None:
         pytest.skip("pflogsumm is not installed (apt-get install pflogsumm)")
-    small, big = generated_log(100_000), generated_log(1_000_000)
+    small, big = log_100k, log_1m
     n_small = sum(1 for _ in small.open("rb"))
     n_big = sum(1 for _ in big.open("rb"))
 
