@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 import pyparsing as pp
 
 from .events import Kind
-from .grammar import ANGLE_ADDR, REST, Reading, host_fields, queued_as
+from .grammar import ANGLE_ADDR, REST, Reading, host_fields, queued_as, read
 
 S = pp.Suppress
 
@@ -865,13 +865,7 @@ GRAMMAR = (MESSAGE_ID("queue_id") + with_id("reading")) | without_id("reading")
 
 def parse_grammar(payload: str) -> Reading | None:
     """The reference reading of an Exim payload; None when not understood."""
-    try:
-        t = GRAMMAR.parse_string(payload, parse_all=True)
-    except pp.ParseException:
-        return None
-    reading: Reading = t["reading"] if isinstance(t["reading"], Reading) else t["reading"][0]
-    reading.queue_id = t.get("queue_id")
-    return reading
+    return read(GRAMMAR, payload)
 
 
 # -- lines that continue the entry above them -------------------------------------------

@@ -77,3 +77,15 @@ def queued_as(reply: str | None) -> str | None:
         return None
     m = QUEUED_AS.search(reply)
     return m.group(1) if m else None
+
+
+def read(grammar: pp.ParserElement, payload: str) -> Reading | None:
+    """Run a payload grammar whose top level names its result ``reading``
+    (a Reading) and, when the line has one, its ``queue_id``."""
+    try:
+        t = grammar.parse_string(payload, parse_all=True)
+    except pp.ParseException:
+        return None
+    reading: Reading = t["reading"] if isinstance(t["reading"], Reading) else t["reading"][0]
+    reading.queue_id = t.get("queue_id")
+    return reading

@@ -32,6 +32,7 @@ from .grammar import (
     addr_fields,
     host_fields,
     queued_as,
+    read,
 )
 
 S = pp.Suppress
@@ -324,13 +325,7 @@ GRAMMAR = (QUEUE_ID("queue_id") + S(":") + with_queue_id("reading")) | without_q
 
 def parse_grammar(payload: str) -> Reading | None:
     """The reference reading of a Postfix payload; None when not understood."""
-    try:
-        t = GRAMMAR.parse_string(payload, parse_all=True)
-    except pp.ParseException:
-        return None
-    reading: Reading = t["reading"] if isinstance(t["reading"], Reading) else t["reading"][0]
-    reading.queue_id = t.get("queue_id")
-    return reading
+    return read(GRAMMAR, payload)
 
 
 # -- the fast path --------------------------------------------------------------

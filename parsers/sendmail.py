@@ -42,7 +42,7 @@ from typing import Any
 import pyparsing as pp
 
 from .events import Kind
-from .grammar import DSN_CODE, NUMBER, REST, Reading, queued_as
+from .grammar import DSN_CODE, NUMBER, REST, Reading, queued_as, read
 
 S = pp.Suppress
 
@@ -886,13 +886,7 @@ GRAMMAR = pp.Opt(PREFIX) + READINGS("reading")
 
 def parse_grammar(payload: str) -> Reading | None:
     """The reference reading of a Sendmail payload; None when not understood."""
-    try:
-        t = GRAMMAR.parse_string(payload, parse_all=True)
-    except pp.ParseException:
-        return None
-    reading: Reading = t["reading"] if isinstance(t["reading"], Reading) else t["reading"][0]
-    reading.queue_id = t.get("queue_id")
-    return reading
+    return read(GRAMMAR, payload)
 
 
 # -- the fast path --------------------------------------------------------------
