@@ -78,6 +78,15 @@ def _store_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _ingest_options(p: argparse.ArgumentParser) -> None:
+    """What replay and tail share: the logs, the store, and what the lines cannot say."""
+    p.add_argument("files", nargs="+", metavar="FILE")
+    _store_option(p)
+    p.add_argument("--host", help="host name for lines that carry none (Exim's mainlog; default: this host)")
+    p.add_argument("--mta", choices=("auto", *MTAS), default="auto", help="reader for lines whose program does not say")
+    p.add_argument("--tz", type=_zone, metavar="ZONE", help="zone of timestamps written without one (default UTC)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtqpd",
@@ -105,11 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read logs (rotated and compressed sets in any order) into the tracking store. "
         "Running it twice changes nothing.",
     )
-    p.add_argument("files", nargs="+", metavar="FILE")
-    _store_option(p)
-    p.add_argument("--host", help="host name for lines that carry none (Exim's mainlog; default: this host)")
-    p.add_argument("--mta", choices=("auto", *MTAS), default="auto", help="reader for lines whose program does not say")
-    p.add_argument("--tz", type=_zone, metavar="ZONE", help="zone of timestamps written without one (default UTC)")
+    _ingest_options(p)
 
     p = commands.add_parser(
         "tail",
@@ -118,11 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compression) and restarts, until SIGTERM. Records are durable within a second; a restart "
         "resumes where the last durable record ended.",
     )
-    p.add_argument("files", nargs="+", metavar="FILE")
-    _store_option(p)
-    p.add_argument("--host", help="host name for lines that carry none (Exim's mainlog; default: this host)")
-    p.add_argument("--mta", choices=("auto", *MTAS), default="auto", help="reader for lines whose program does not say")
-    p.add_argument("--tz", type=_zone, metavar="ZONE", help="zone of timestamps written without one (default UTC)")
+    _ingest_options(p)
 
     p = commands.add_parser(
         "show",
@@ -160,8 +161,12 @@ def _open(args: argparse.Namespace, *, readonly: bool) -> TinyStore:
     return TinyStore(path, readonly=readonly)
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(default_host=args.host or os.uname().nodename.split(".")[0])
+
+
 def _replay(args: argparse.Namespace) -> int:
-    settings = Settings(default_host=args.host or os.uname().nodename.split(".")[0])
+    settings = _settings(args)
     store = _open(args, readonly=False)
     try:
         summary = replay(args.files, store, settings=settings, tz=args.tz, mta=args.mta, progress=progress_stream())
@@ -174,7 +179,7 @@ def _replay(args: argparse.Namespace) -> int:
 def _tail(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="mtqpd tail: %(message)s")
     logging.getLogger("ingest").setLevel(logging.INFO)
-    settings = Settings(default_host=args.host or os.uname().nodename.split(".")[0])
+    settings = _settings(args)
     store = _open(args, readonly=False)
     try:
         tailer = Tailer(store, settings, tz=args.tz, mta=args.mta)
