@@ -1,0 +1,197 @@
+"""Who may see a record: RFC 3885 certifiers, checked as RFC 3887 section 4 says.
+
+A TRACK command carries an envelope id and the secret A (base64). The client
+is authorised for a record iff SHA1(A) equals the record's certifier B. A
+legacy MTA never logs ``MTRK=``, so B usually has to come from elsewhere
+(DESIGN.md "Identity and authorisation without MTA changes"):
+
+1. the certifier a log recorded for the envelope;
+2. a keyed certifier, B = SHA1(A) with A = HMAC-SHA256(site key, envelope
+   id): whoever holds the site key (the operator, ``mtqpd secret``, a sending
+   application) can hand A to the originator, and on the wire it is plain
+   RFC 3887;
+3. trusted client networks, for a site's own helpdesk (off by default).
+
+A wrong secret and an unknown envelope must be indistinguishable, in the
+answer and in the time taken: every path below hashes, derives and compares
+the same way, against a dummy certifier when there is nothing to compare
+with.
+
+Everything here is a pure function; the site key and the networks come from
+the caller's configuration.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+
+from ingest.records import TrackingRecord, bare_message_id
+from ingest.store import Store
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: RFC 3885's base64 token has no "=" (it lists only the 64 alphabet
+#: characters), so a client may send a secret with or without padding.
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*")
+#: RFC 3461 xtext hexchar: "+" and two upper-case hex digits.
+_HEXCHAR = re.compile(r"\+([0-9A-F]{2})")
+_HEX_CERTIFIER = re.compile(r"[0-9a-fA-F]{40}")
+#: What the keyed certifier is derived from when there is no record, so that
+#: an unknown envelope costs the same HMAC and SHA-1 as a known one.
+_NO_ENVELOPE = "\0no such envelope"
+
+
+def xtext_decode(text: str) -> str:
+    """RFC 3461 xtext to text: ``+HH`` is the octet HH (UTF-8 for non-ASCII).
+
+    TRACK's unique-envid is xtext (RFC 3885 section 3.2), while logs and the
+    store hold the decoded form.
+    """
+    out = bytearray()
+    pos = 0
+    for m in _HEXCHAR.finditer(text):
+        out += text[pos : m.start()].encode()
+        out.append(int(m[1], 16))
+        pos = m.end()
+    out += text[pos:].encode()
+    return out.decode("utf-8", "replace")
+
+
+def envelope_id(record: TrackingRecord) -> str | None:
+    """The id a client tracks this record by: its ENVID when a log revealed
+    one, else its Message-ID; without angle brackets either way (RFC 3887's
+    own example tracks ``<12345-20010101@example.com>`` and reports
+    ``Original-Envelope-Id: 12345-20010101@example.com``)."""
+    if record.envid:
+        return bare_message_id(record.envid)
+    if record.message_id:
+        return bare_message_id(record.message_id)
+    return None
+
+
+def lookup(store: Store, envid: str) -> list[TrackingRecord]:
+    """The records a TRACK for ``envid`` is about: by ENVID, then by Message-ID.
+
+    ``envid`` is what the client sent: xtext, perhaps in angle brackets. The
+    decoded form is tried first; the raw form after it, because clients
+    often paste a Message-ID whose "+" was never xtext-encoded
+    (``<CA+2Bx@...>`` means itself to them, not ``<CA+x@...>``).
+    """
+    forms = list(dict.fromkeys((xtext_decode(envid), envid)))
+    for form in forms:
+        found = store.by_envid(form) or store.by_envid(bare_message_id(form))
+        if found:
+            return found
+    for form in forms:
+        found = store.by_message_id(form)
+        if found:
+            return found
+    return []
+
+
+def keyed_secret(site_key: bytes, envid: str) -> bytes:
+    """The secret A of the keyed certifier: HMAC-SHA256(site key, envelope
+    id), 256 bits, inside RFC 3885's 128 to 1024. ``envid`` is the decoded id
+    (``envelope_id`` of the record); angle brackets make no difference."""
+    return hmac.new(site_key, bare_message_id(envid).encode("utf-8"), hashlib.sha256).digest()
+
+
+def encode_secret(secret: bytes) -> str:
+    """A secret as TRACK and ``mtqp://`` URIs carry it: base64 without the
+    "=" padding that RFC 3885's base64 token does not allow."""
+    return base64.b64encode(secret).decode("ascii").rstrip("=")
+
+
+def decode_secret(text: str) -> bytes | None:
+    """The secret A from its base64 form, padded or not; None when malformed."""
+    core = text.rstrip("=")
+    if len(text) - len(core) > 2 or len(core) % 4 == 1 or not _BASE64.fullmatch(core):
+        return None
+    try:
+        return base64.b64decode(core + "=" * (-len(core) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _recorded(certifier: str | None) -> bytes | None:
+    """A certifier from a log: hex (the store's form) or base64 (``MTRK=``'s
+    wire form, should a front end log it verbatim); None if neither."""
+    if not certifier:
+        return None
+    if _HEX_CERTIFIER.fullmatch(certifier):
+        return bytes.fromhex(certifier)
+    raw = decode_secret(certifier)
+    return raw if raw is not None and len(raw) == hashlib.sha1().digest_size else None
+
+
+def _certifier(logged: str | None, ident: str | None, site_key: bytes) -> tuple[bytes, bool]:
+    """(B, usable): the logged certifier, else the keyed one. The keyed one is
+    derived every time, from a dummy id when there is none, so that every
+    envelope, known or not, costs one HMAC and one SHA-1."""
+    keyed = hashlib.sha1(keyed_secret(site_key, ident if ident is not None else _NO_ENVELOPE)).digest()
+    recorded = _recorded(logged)
+    if recorded is not None:
+        return recorded, True
+    return keyed, ident is not None
+
+
+def certifier_of(record: TrackingRecord, site_key: bytes) -> bytes | None:
+    """The record's certifier B (20 octets): the logged one, else the keyed
+    one; None when the record has neither a certifier nor an id to key."""
+    certifier, usable = _certifier(record.certifier, envelope_id(record), site_key)
+    return certifier if usable else None
+
+
+def _address(client_ip: str | Address | None) -> Address | None:
+    if client_ip is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return None
+    # A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_trusted(client_ip: str | Address | None, trusted: Iterable[Network]) -> bool:
+    """Whether the client is in one of the trusted networks."""
+    ip = _address(client_ip)
+    return ip is not None and any(ip.version == net.version and ip in net for net in trusted)
+
+
+def authorise(
+    records: Sequence[TrackingRecord],
+    secret_b64: str,
+    *,
+    site_key: bytes,
+    client_ip: str | Address | None = None,
+    trusted: Iterable[Network] = (),
+) -> list[TrackingRecord]:
+    """The records the client may see, in the order given.
+
+    Never raises on client input: a malformed secret is a wrong secret.
+    Each record is compared in constant time; with no records, a dummy
+    certifier is derived and compared all the same.
+    """
+    if is_trusted(client_ip, trusted):
+        return list(records)
+    secret = decode_secret(secret_b64)
+    digest = hashlib.sha1(secret if secret is not None else secret_b64.encode("utf-8", "replace")).digest()
+    granted = []
+    # An unknown envelope is compared like one record that cannot match.
+    for record in records or (None,):
+        logged, ident = (record.certifier, envelope_id(record)) if record is not None else (None, None)
+        certifier, usable = _certifier(logged, ident, site_key)
+        match = hmac.compare_digest(digest, certifier)
+        if match and usable and secret is not None and record is not None:
+            granted.append(record)
+    return granted

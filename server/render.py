@@ -1,0 +1,344 @@
+"""RFC 3886 message/tracking-status bodies from tracking records, and the
+RFC 3887 multipart/related answer to TRACK that carries them.
+
+Pure functions of records and the store they are read against: the store
+decides, at read time, whether a relayed recipient was ``transferred`` to a
+record this server also holds (``ingest.view``), and such a record is added
+to the answer as a part of its own (chaining, RFC 3888; RFC 3887 section 2.4
+and examples #10 to #12).
+
+Where the texts disagree, the prose and the ABNF win over the examples:
+
+- RFC 3887's examples write ``type=tracking-status``; RFC 3886 section 3
+  says the type parameter is "message/tracking-status", and RFC 2387 wants a
+  full media type there, quoted because of the "/".
+- RFC 3887 example #7 puts Status after Last-Attempt-Date, and examples
+  write ``Status:2.4.0`` and ``Status 5.2.2``; the order and the separator
+  here are RFC 3886 section 3.3's ABNF.
+- RFC 3464 makes Original-Envelope-Id and Original-Recipient optional, RFC
+  3886 sections 3.2.1 and 3.3.1 make them REQUIRED. A legacy MTA logs no
+  ENVID, so the id the record is tracked by (its Message-ID, DESIGN.md
+  "Identity") stands in, without angle brackets as in RFC 3887's examples;
+  and the original recipient is the final one when no ORCPT or ``orig_to``
+  was logged, which is what the envelope said when nothing rewrote it.
+
+The text is canonical MIME: CRLF line ends, 7-bit, header-field lines folded
+before 78 characters where there is white space to fold at, never longer
+than 998. Dot-stuffing belongs to the protocol layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from ingest.records import TrackingRecord
+from ingest.store import Store
+from ingest.view import RecipientView, origins, recipients
+
+from .auth import envelope_id
+
+CRLF = "\r\n"
+TRACKING_STATUS = "message/tracking-status"
+#: RFC 5322 section 2.1.1: lines SHOULD be at most 78 characters, MUST be at most 998.
+FOLD_AT = 78
+MAX_LINE = 998
+#: At most this many records in one answer: RFC 3887 section 2.4 wants a
+#: chaining server to answer promptly, and a log can describe a mail loop.
+MAX_PARTS = 50
+
+#: RFC 3464 status-code: no leading zeros; RFC 3463 classes 2, 4 and 5.
+_STATUS = re.compile(r"[245]\.(?:0|[1-9]\d{0,2})\.(?:0|[1-9]\d{0,2})")
+#: The status an action stands for when the logged one is unusable.
+_FALLBACK_STATUS = {
+    "delivered": "2.0.0",
+    "expanded": "2.0.0",
+    "transferred": "2.0.0",
+    "delayed": "4.0.0",
+    "failed": "5.0.0",
+}
+#: RFC 3886 section 3.3.4: "Message relayed to non-compliant mailer".
+RELAYED_STATUS = "2.1.9"
+#: RFC 6533 utf-8-addr-xtext: printable ASCII but "+", "=" and "\" stand for themselves.
+_QCHAR = frozenset(chr(c) for c in range(0x21, 0x7F)) - {"+", "=", "\\"}
+_TOKEN = re.compile(r"[ \t]*[^ \t]+(?:[ \t]+$)?")
+
+
+def _escape(c: str) -> str:
+    """A character as RFC 6533's EmbeddedUnicodeChar, ``\\x{HEX}``."""
+    return f"\\x{{{ord(c):X}}}"
+
+
+def _text(value: str) -> str:
+    """A field value in 7-bit printable ASCII (RFC 3886 section 3.1 requires
+    7bit): anything else, control characters from a hostile log included,
+    is escaped rather than allowed to break the field structure."""
+    return "".join(c if " " <= c <= "~" else _escape(c) for c in value)
+
+
+def _address(address: str) -> str:
+    """``address-type; generic-address``: ``rfc822`` for an ASCII address,
+    reported exactly (RFC 3464 section 2.3.2); RFC 6533's ``utf-8`` type,
+    xtext-escaped, for an internationalised one."""
+    if all(" " <= c <= "~" for c in address):
+        return f"rfc822; {address}"
+    return "utf-8; " + "".join(c if c in _QCHAR else _escape(c) for c in address)
+
+
+def _status(action: str, status: str | None) -> str:
+    """The Status for an action. A relay to a host that is not known to
+    speak MTRK is exactly X.1.9's case, so ``relayed`` always reports 2.1.9
+    (whatever the next hop's 250 reply said); and 2.1.9 MUST be used
+    exclusively with ``relayed`` (RFC 3886 section 3.3.4), so a logged 2.1.9
+    on another action falls back to the action's generic code."""
+    if action == "relayed":
+        return RELAYED_STATUS
+    if status is None or status == RELAYED_STATUS or not _STATUS.fullmatch(status):
+        return _FALLBACK_STATUS[action]
+    return status
+
+
+def _date(value: datetime) -> str:
+    """RFC 5322 date-time with a numeric zone, as RFC 3464 requires."""
+    return format_datetime(value.astimezone(UTC))
+
+
+def _mta_name(name: str) -> str:
+    """An MTA name for ``dns;``: a host name as logged, an address as an
+    address literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``)."""
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return _text(name)
+    return f"[IPv6:{ip}]" if ip.version == 6 else f"[{ip}]"
+
+
+def _fold(line: str) -> list[str]:
+    """One header-field line folded per RFC 5322 section 2.2.3: a CRLF goes
+    before white space, so unfolding gives the line back. A run without white
+    space longer than 998 characters (only a hostile log has one) is cut, the
+    one place where unfolding adds a space, because the limit is a MUST."""
+    if len(line) <= FOLD_AT:
+        return [line]
+    folded: list[str] = []
+    current = ""
+    for token in _TOKEN.findall(line):
+        if current and len(current) + len(token) > FOLD_AT:
+            folded.append(current)
+            current = token
+        else:
+            current += token
+    folded.append(current)
+    out = []
+    for piece in folded:
+        while len(piece) > MAX_LINE:
+            out.append(piece[:MAX_LINE])
+            piece = " " + piece[MAX_LINE:]
+        out.append(piece)
+    return out
+
+
+def _fields(pairs: list[tuple[str, str]]) -> list[str]:
+    return [line for name, value in pairs for line in _fold(f"{name}: {value}")]
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """One per-recipient group: ``original`` as the sender gave it (from the
+    first hop, when downstream blocks are combined into an upstream part),
+    the view of the recipient, and the record that view is of."""
+
+    original: str
+    view: RecipientView
+    record: TrackingRecord
+
+
+@dataclass(frozen=True, slots=True)
+class _Names:
+    """How hosts are named in one answer.
+
+    Records of ``home`` (the host whose logs this server answers for) are
+    reported as ``reporting_mta``; records of other hosts whose logs are
+    merged in, under their logged host name. ``hide`` is RFC 3887 section 2.4
+    and example #12, the firewall that disguises the systems behind it: every
+    part is reported as ``reporting_mta``, and so is every internal Remote-MTA.
+    """
+
+    home: str
+    reporting_mta: str
+    hide: bool
+    #: Hosts (lower case) of the records in this answer and of their next hops.
+    held: frozenset[str]
+
+    def reporter(self, record: TrackingRecord) -> str:
+        return self.reporting_mta if self.hide or record.host == self.home else record.host
+
+    def internal(self, name: str) -> bool:
+        """A host behind the firewall: one whose records this answer holds,
+        an address that is not globally routable, or an unqualified name."""
+        host = name.strip("[]")
+        host = host[5:] if host[:5].lower() == "ipv6:" else host
+        try:
+            return not ipaddress.ip_address(host).is_global
+        except ValueError:
+            return host.lower() in self.held or "." not in host
+
+    def remote(self, v: RecipientView) -> str | None:
+        """The Remote-MTA of a recipient, or None when there is none to give.
+
+        RFC 3886 section 3.3.5: none before any delivery attempt. A transfer
+        names the next hop as this answer reports it, so that the tracking
+        agent can tell the chained part it is given from one it must ask for.
+        """
+        if v.last_attempt is None:
+            return None
+        if v.next_record is not None:
+            return self.reporter(v.next_record)
+        if v.remote_mta is None:
+            return None
+        # A local delivery agent's host (RFC 3886 section 3.3.5) is internal.
+        if self.hide and (v.action == "delivered" or self.internal(v.remote_mta)):
+            return self.reporting_mta
+        return _mta_name(v.remote_mta)
+
+
+def _names(home: str, reporting_mta: str, hide: bool, parts: list[tuple[TrackingRecord, list[_Block]]]) -> _Names:
+    held = {record.host.lower() for record, _ in parts}
+    held |= {b.view.next_record.host.lower() for _, blocks in parts for b in blocks if b.view.next_record is not None}
+    return _Names(home, reporting_mta, hide, frozenset(held))
+
+
+def _recipient_fields(b: _Block, names: _Names) -> list[tuple[str, str]]:
+    """RFC 3886 section 3.3, in its ABNF's order."""
+    v = b.view
+    fields = [
+        ("Original-Recipient", _address(b.original)),
+        ("Final-Recipient", _address(v.final)),
+        ("Action", v.action),
+        ("Status", _status(v.action, v.status)),
+    ]
+    remote = names.remote(v)
+    if remote is not None:
+        fields.append(("Remote-MTA", f"dns; {_text(remote)}"))
+    # Section 3.3.6: REQUIRED once an attempt was made, MUST NOT before. An
+    # expansion's is its members' last (ingest.view): they were attempts.
+    if v.last_attempt is not None:
+        fields.append(("Last-Attempt-Date", _date(v.last_attempt)))
+    # Section 3.3.7: only while the message is in the local queue; RFC 3464
+    # section 2.3.9: only for "delayed".
+    if v.action == "delayed" and b.record.queued and v.will_retry_until is not None:
+        fields.append(("Will-Retry-Until", _date(v.will_retry_until)))
+    return fields
+
+
+def _content(record: TrackingRecord, blocks: list[_Block], names: _Names) -> str:
+    """RFC 3886 section 3.1: tracking-status-content = per-message-fields
+    1*(CRLF per-recipient-fields)."""
+    pairs = []
+    ident = envelope_id(record)
+    if ident is not None:
+        pairs.append(("Original-Envelope-Id", _text(ident)))
+    pairs.append(("Reporting-MTA", f"dns; {_text(names.reporter(record))}"))
+    pairs.append(("Arrival-Date", _date(record.arrival)))
+    lines = _fields(pairs)
+    for b in blocks:
+        lines.append("")
+        lines += _fields(_recipient_fields(b, names))
+    return CRLF.join(lines) + CRLF
+
+
+def _own_blocks(record: TrackingRecord, store: Store) -> list[_Block]:
+    """One block per original recipient; an expansion is one ``expanded``
+    block and nothing of its members (RFC 3886 section 4.2)."""
+    return [_Block(v.original, v, record) for v in recipients(record, store)]
+
+
+def tracking_status(record: TrackingRecord, store: Store, *, reporting_mta: str, hide_internal: bool = False) -> str:
+    """The message/tracking-status content for one record, as its
+    ``reporting_mta`` reports it: the body of one part, without headers."""
+    blocks = _own_blocks(record, store)
+    names = _names(record.host, reporting_mta, hide_internal, [(record, blocks)])
+    return _content(record, blocks, names)
+
+
+def _combined_blocks(record: TrackingRecord, store: Store, seen: set[str]) -> list[_Block]:
+    """The record's blocks with each transfer replaced by the blocks of the
+    record it went to (RFC 3887 example #11), keeping the sender's original
+    recipient. A record reached twice in one chain (a loop) stays a plain
+    ``transferred`` block."""
+    views = recipients(record, store)
+    upstream = {v.final.lower(): v.original for v in views if v.next_record is not None}
+    taken: set[str] = set()
+    out = []
+    for v in views:
+        nxt = v.next_record
+        if nxt is not None and nxt.rid in taken:
+            continue  # several recipients went on in one transaction: combined once
+        if nxt is None or nxt.rid in seen or len(seen) >= MAX_PARTS:
+            out.append(_Block(v.original, v, record))
+            continue
+        seen.add(nxt.rid)
+        taken.add(nxt.rid)
+        for b in _combined_blocks(nxt, store, seen):
+            out.append(_Block(upstream.get(b.original.lower(), b.original), b.view, b.record))
+    return out
+
+
+def _parts(records: Sequence[TrackingRecord], store: Store, combine: bool) -> list[tuple[TrackingRecord, list[_Block]]]:
+    """The records of an answer, each once, where the message started first,
+    every chained record right after the one that handed the message on."""
+    starts = [*origins(list(records), store), *records]
+    seen: set[str] = set()
+    parts = []
+    for start in starts:
+        stack = [start]
+        while stack and len(parts) < MAX_PARTS:
+            record = stack.pop()
+            if record.rid in seen:
+                continue
+            seen.add(record.rid)
+            if combine:
+                parts.append((record, _combined_blocks(record, store, seen)))
+                continue
+            blocks = _own_blocks(record, store)
+            parts.append((record, blocks))
+            stack += reversed([b.view.next_record for b in blocks if b.view.next_record is not None])
+    return parts
+
+
+def tracking_response(
+    records: Sequence[TrackingRecord],
+    store: Store,
+    *,
+    reporting_mta: str,
+    hide_internal: bool = False,
+    combine: bool = False,
+) -> str:
+    """The body of a TRACK ``+OK+`` answer (RFC 3887 section 4): a
+    multipart/related of message/tracking-status parts, one per record, with
+    the records the message was transferred to that this server holds added
+    after the record that transferred it (example #10). ``hide_internal``
+    reports every hop under ``reporting_mta`` (example #12); ``combine``
+    folds the downstream per-recipient blocks into the first part (example
+    #11).
+
+    The boundary is a hash of the parts: the same records give the same text,
+    and a boundary found inside a part would take a SHA-256 preimage.
+    """
+    if not records:
+        raise ValueError("a tracking response needs at least one record")
+    parts = _parts(records, store, combine)
+    names = _names(parts[0][0].host, reporting_mta, hide_internal, parts)
+    bodies = [_content(record, blocks, names) for record, blocks in parts]
+    boundary = "mtqp-" + hashlib.sha256(CRLF.join(bodies).encode("ascii")).hexdigest()[:32]
+    head = _fold(f'Content-Type: multipart/related; boundary="{boundary}"; type="{TRACKING_STATUS}"')
+    out = [CRLF.join(head) + CRLF + CRLF]
+    for body in bodies:
+        out.append(f"--{boundary}{CRLF}Content-Type: {TRACKING_STATUS}{CRLF}{CRLF}{body}{CRLF}")
+    out.append(f"--{boundary}--{CRLF}")
+    return "".join(out)
