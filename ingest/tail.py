@@ -20,6 +20,20 @@ functions of what the directory and the buffer hold (``rotated_names``,
 ``successor``, ``split_lines``), tested directly; ``Follower`` does the I/O
 for one path; ``follow`` runs followers for several paths in trio, woken by
 watchdog's file events with a periodic poll as the safety net.
+
+Those decisions are only as good as the view of the directory they are
+taken on, and logrotate changes it while we look. A rotation renames the
+copies one after the other and a compressor removes the plain file once its
+archive is written, so a listing can miss a file that was renamed or
+compressed between reading the names and looking at them: the file we are
+in, or one after it, seems gone, and the next file chosen skips a whole
+rotation's worth of lines. So a decision is taken only on two listings in a
+row that agree, and one that the directory contradicts meanwhile is put off
+to the next poll. And a file to be read from its beginning has that
+beginning read before the directory is listed: copytruncate makes its copy
+before it empties the file, so either the listing shows the copy (which is
+then read first), or the bytes read are the old content, and the emptying
+is noticed as a truncation like any other.
 """
 
 from __future__ import annotations
@@ -68,6 +82,14 @@ _CHUNK = 64 << 10
 _MAX_STEPS = 32
 #: What a damaged archive raises while it is decompressed.
 _ARCHIVE_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)
+#: Further listings of the directory to get two in a row that agree: a rotation is over in milliseconds,
+#: and a poll that gives up is repeated once it is.
+_SCAN_TRIES = 5
+
+
+class _Unsettled(Exception):
+    """The directory changed while a decision was being taken on it: take none now, look again at the next
+    poll. Waiting costs a poll; deciding on a torn view can skip a file."""
 
 
 def fingerprint(head: bytes) -> str:
@@ -266,10 +288,11 @@ class _Source:
 
     @classmethod
     def open(cls, candidate: Candidate) -> _Source | None:
-        """None if the name no longer holds that file: it was renamed again since the directory was read."""
+        """None if the name no longer holds that file: it was renamed again since the directory was read.
+        Any other error is raised: a file that cannot be read is not one that has moved."""
         try:
             fh = open(candidate.name, "rb", buffering=0)  # noqa: SIM115 (kept open: closed by close())
-        except OSError:
+        except FileNotFoundError:
             return None
         st = os.fstat(fh.fileno())
         if (st.st_dev, st.st_ino) != candidate.ident:
@@ -328,6 +351,21 @@ def _head_of(candidate: Candidate, size: int) -> bytes | None:
     finally:
         source.close()
     return bytes(head)
+
+
+def _beginning(path: str) -> tuple[tuple[int, int], bytes] | None:
+    """The device and inode of the regular file at ``path`` and its first bytes; None if there is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO put at the path must not block the follower
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return (st.st_dev, st.st_ino), os.pread(fd, FINGERPRINT_BYTES, 0)
+    finally:
+        os.close(fd)
 
 
 class _Read(Enum):
@@ -400,6 +438,8 @@ class Follower:
         out: list[Line] = []
         try:
             self._advance(out)
+        except _Unsettled:
+            pass  # a rotation is under way: the change that unsettled the view rings the doorbell
         except OSError as exc:
             log.warning("%s: %s; retrying at the next poll", self.path, exc)
         return out
@@ -417,9 +457,10 @@ class Follower:
                 continue
             if status is _Read.BUDGET or self._at_path():
                 return
-            move = self._next()
-            if move is None:
+            step = self._next()
+            if step is None:
                 return
+            move, beginning = step
             if move.offset == 0:  # ours is finished: a last unterminated line will never be completed
                 status, budget = self._read(out, budget, final=True)
                 if status is not _Read.EOF:
@@ -427,7 +468,7 @@ class Follower:
                 head = b""
             else:
                 head = bytes(self._head)
-            if not self._switch(move.target, move.offset, head):
+            if not self._switch(move.target, move.offset, head, beginning):
                 return
 
     def _start(self) -> bool:
@@ -449,7 +490,17 @@ class Follower:
         return live is not None and self._switch(live, 0, b"")
 
     def _scan(self) -> list[Candidate]:
-        """The rotated copies of the path, oldest first, then the live file if there is one."""
+        """The rotated copies of the path, oldest first, then the live file if there is one, as two
+        listings in a row agree they are; _Unsettled if none do (see the module's docstring)."""
+        before = self._list()
+        for _ in range(_SCAN_TRIES):
+            after = self._list()
+            if [(c.name, c.ident) for c in after] == [(c.name, c.ident) for c in before]:
+                return after  # the later: its sizes are the newer
+            before = after
+        raise _Unsettled
+
+    def _list(self) -> list[Candidate]:
         directory, base = os.path.split(self._abspath)
         try:
             names = os.listdir(directory)
@@ -472,15 +523,22 @@ class Follower:
         """The file of ``chain`` that begins with the fingerprinted bytes (and those bytes).
 
         The same device and inode first (a copy being made has the same
-        beginning as the file it copies), then the newest first.
+        beginning as the file it copies), then the newest first. A file
+        renamed or removed since ``chain`` was listed may be the one looked
+        for: _Unsettled, since "none" would send the follower past it.
         """
         order = sorted(range(len(chain)), key=lambda i: (chain[i].ident != ident, -i))
         for i in order:
             candidate = chain[i]
             if not candidate.compressed and candidate.size < min_size:
                 continue
-            head = _head_of(candidate, fp_size)
-            if head is not None and len(head) == fp_size and fingerprint(head) == fp:
+            try:
+                head = _head_of(candidate, fp_size)
+            except PermissionError:
+                continue  # not one we could have read from
+            if head is None:
+                raise _Unsettled
+            if len(head) == fp_size and fingerprint(head) == fp:
                 return i, head
         return None
 
@@ -519,9 +577,8 @@ class Follower:
             data = source.read(self._offset + len(self._pending), min(_CHUNK, budget))
             if self._truncated():
                 return _Read.TRUNCATED, budget
-            if not data:
-                if final:
-                    self._deliver(out, final=True)
+            if not data:  # the beginning _switch was given, just checked by _truncated, may hold whole lines
+                self._deliver(out, final=final)
                 return _Read.EOF, budget
             budget -= len(data)
             self._pending += data
@@ -551,6 +608,7 @@ class Follower:
         source = self._source
         assert source is not None
         known = self._known()
+        beginning = source.read(0, FINGERPRINT_BYTES)  # before the directory: it may be read from 0 (see _next)
         chain = self._scan()
         found = self._find(chain, source.ident, fingerprint(known), len(known), self._offset)
         if found is not None:  # if the copy is renamed again meanwhile, the next step looks again
@@ -563,25 +621,39 @@ class Follower:
             self._offset,
         )
         self._offset = 0
-        self._pending.clear()
+        self._pending[:] = beginning
         self._head.clear()
         self._fp = fingerprint(b"")
 
-    def _next(self) -> Move | None:
+    def _next(self) -> tuple[Move, bytes] | None:
+        """Where to go once the open file is read to its end, and for the live file read from 0, its
+        beginning as read before the directory was listed (see the module's docstring).
+
+        Without those bytes, a copytruncate between the listing and the first read would leave nothing to
+        notice it by: the emptied file would be read from 0 and the lines in its copy skipped.
+        """
         source = self._source
         assert source is not None
+        live = _beginning(self._abspath)
         chain = self._scan()
         found = self._find(chain, source.ident, self._fp, len(self._head), self._offset)
-        return successor(chain, None if found is None else found[0], self._offset)
+        move = successor(chain, None if found is None else found[0], self._offset)
+        if move is None or not move.target.live or move.offset > 0:
+            return None if move is None else (move, b"")
+        if live is None or live[0] != move.target.ident or not live[1]:
+            return None  # replaced, or written to, since it was read: the next poll reads it again
+        return move, live[1]
 
-    def _switch(self, target: Candidate, offset: int, head: bytes) -> bool:
+    def _switch(self, target: Candidate, offset: int, head: bytes, beginning: bytes = b"") -> bool:
+        """Go on in ``target`` at ``offset``; ``beginning``, if given, is the start of it as already read
+        (and still to be delivered), the bytes a truncation before the first read is noticed by."""
         source = _Source.open(target)
         if source is None:
             return False
         self.close()
         self._source = source
         self._offset = offset
-        self._pending.clear()
+        self._pending[:] = beginning
         self._head[:] = head
         self._fp = fingerprint(head)
         return True

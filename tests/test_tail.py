@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import pytest
 import trio
 from watchdog.utils import BaseThread
 
+from ingest import tail
 from ingest.sources import OPENERS
 from ingest.tail import (
     FINGERPRINT_BYTES,
@@ -352,6 +353,57 @@ def test_restart_finds_the_checkpoint_in_the_compressed_file(log: Log, compress_
         log.emit(5)
     with Follower(str(log.path), cp) as f:
         assert numbers(drain(f)) == list(range(150, log.n))
+
+
+def test_copytruncate_between_the_choice_of_the_new_file_and_its_first_read(
+    log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The follower chooses the new live file, to be read from 0; before it reads a byte of it, copytruncate
+    copies and empties it. What it held (3..5) is in the copy only, and must be read from there."""
+    with Follower(str(log.path)) as f:
+        log.emit(3)
+        assert numbers(f.poll()) == [0, 1, 2]
+        rotate(log.path, log, "create", compress_as=".gz")
+        log.emit(3)
+        choose = tail.successor
+
+        def then_copytruncate(chain: Sequence[Candidate], index: int | None, offset: int) -> Move | None:
+            move = choose(chain, index, offset)
+            if move is not None and move.target.live and log.n == 6:
+                rotate(log.path, log, "copytruncate")
+                log.emit(2)
+            return move
+
+        monkeypatch.setattr(tail, "successor", then_copytruncate)
+        assert numbers(drain(f)) == list(range(3, 8))
+
+
+def test_a_file_compressed_while_the_directory_is_listed_is_not_skipped_over(
+    log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The follower has read mail.log.2 (as mail.log) to its end; mail.log.1 is a copytruncate copy. The
+    compressor removes mail.log.2, its archive complete, just after the follower listed both: looked at,
+    mail.log.2 is gone, mail.log.2.gz was not chosen over its twin. Neither is ours gone, nor is the next
+    file after it the live one: mail.log.1 (3..5) comes next."""
+    with Follower(str(log.path)) as f:
+        log.emit(3)
+        assert numbers(f.poll()) == [0, 1, 2]
+        rotate(log.path, log, "create")
+        log.emit(3)
+        rotate(log.path, log, "copytruncate")
+        log.emit(2)
+        plain = log.path.with_name("mail.log.2")
+        with open(plain, "rb") as src, OPENERS[".gz"](f"{plain}.gz", "wb") as z:
+            shutil.copyfileobj(src, z)
+        listdir = os.listdir
+
+        def listed_then_compressed(directory: str) -> list[str]:
+            names = listdir(directory)
+            plain.unlink(missing_ok=True)
+            return names
+
+        monkeypatch.setattr(os, "listdir", listed_then_compressed)
+        assert numbers(drain(f)) == list(range(3, 8))
 
 
 def test_restart_after_several_rotations_while_down(log: Log) -> None:
