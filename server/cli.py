@@ -9,6 +9,7 @@ module of its layer; this file only reads arguments and reports errors.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import re
@@ -26,6 +27,7 @@ from ingest.replay import progress_stream, replay
 from ingest.tailcmd import Tailer
 from ingest.tinystore import StoreLocked, TinyStore
 from parsers import MTAS
+from server import serve
 
 #: Where the store lives unless --store or $MTQPD_STORE says otherwise.
 DEFAULT_STORE = "/var/lib/mtqpd"
@@ -151,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=_positive, metavar="N", help="at most N records")
     p.add_argument("--json", action="store_true", help="one JSON object per record")
+    _serve_parser(commands)
+    _client_parsers(commands)
     return parser
 
 
@@ -203,6 +207,187 @@ def _search(args: argparse.Namespace) -> int:
     return showcmd.search(store, as_json=args.json, out=sys.stdout, **criteria)
 
 
+# -- serve ---------------------------------------------------------------------
+
+
+def _listen(text: str) -> tuple[str | None, int]:
+    try:
+        return serve.parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _timeout(text: str) -> float:
+    value = float(text)
+    if value < 600:
+        raise argparse.ArgumentTypeError("at least 600 seconds (RFC 3887 section 2.5)")
+    return value
+
+
+def _serve_parser(commands: argparse._SubParsersAction) -> None:
+    limits = serve.Limits()
+    p = commands.add_parser(
+        "serve",
+        help="answer MTQP queries (RFC 3887, port 1038) from the store",
+        description="Serve MTQP over an existing store until SIGTERM or SIGINT. SIGUSR1 pauses the service "
+        "(clients are told -TEMP/admin), SIGUSR2 resumes it.",
+    )
+    _store_option(p)
+    p.add_argument(
+        "--listen",
+        action="append",
+        type=_listen,
+        metavar="ADDR:PORT",
+        help="where to listen, repeatable: 192.0.2.1:1038, [::1]:1038, *:1038 (default: every address, port 1038)",
+    )
+    p.add_argument("--tls-cert", action="append", default=[], metavar="CERT", help="PEM certificate chain, repeatable")
+    p.add_argument("--tls-key", action="append", default=[], metavar="KEY", help="its key, one per --tls-cert")
+    p.add_argument("--tls-required", action="store_true", help="answer TRACK only after STARTTLS")
+    p.add_argument("--site-key-file", type=Path, metavar="FILE", help="default: <store>/site.key, made if missing")
+    p.add_argument("--reporting-mta", metavar="NAME", help="the name answers report (default: this host's FQDN)")
+    p.add_argument("--hide-internal", action="store_true", help="report internal hops as --reporting-mta")
+    p.add_argument(
+        "--trusted",
+        action="append",
+        default=[],
+        type=ipaddress.ip_network,
+        metavar="NET",
+        help="client network that may track without a secret, repeatable (default: none)",
+    )
+    p.add_argument(
+        "--timeout", type=_timeout, default=limits.timeout, metavar="SECONDS", help="inactivity timeout (default 600)"
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=limits.max_connections,
+        metavar="N",
+        help=f"concurrent connections; more are told -TEMP/MTQP/unavailable (default {limits.max_connections})",
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if len(args.tls_cert) != len(args.tls_key):
+        print("mtqpd serve: give one --tls-key for each --tls-cert", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="mtqpd serve: %(message)s")
+    logging.getLogger("server").setLevel(logging.INFO)
+    try:
+        serve.run(
+            Path(args.store),
+            listen=args.listen or serve.DEFAULT_ADDRESSES,
+            tls=list(zip(args.tls_cert, args.tls_key, strict=True)),
+            tls_required=args.tls_required,
+            site_key_file=args.site_key_file,
+            reporting_mta=args.reporting_mta,
+            hide_internal=args.hide_internal,
+            trusted=args.trusted,
+            limits=serve.Limits(timeout=args.timeout, max_connections=args.max_connections),
+        )
+    except serve.ConfigError as exc:
+        print(f"mtqpd serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- track, secret, run ------------------------------------------------------------
+
+
+def _client_parsers(commands: argparse._SubParsersAction) -> None:
+    from server import client, config
+
+    p = commands.add_parser(
+        "track",
+        help="ask an MTQP server where a message went",
+        description="Track a message over MTQP (RFC 3887): mtqpd track mtqp://HOST[:PORT]/track/ENVID/SECRET, or "
+        "mtqpd track --server HOST[:PORT] ENVID SECRET. Recipients transferred to other MTQP servers are "
+        "followed there. Exit status 0 when the server had tracking information.",
+    )
+    p.add_argument("target", metavar="URI|ENVID")
+    p.add_argument("secret", nargs="?", metavar="SECRET", help="with --server")
+    p.add_argument("--server", metavar="HOST[:PORT]", help="the server to ask (SRV lookup when no port is given)")
+    p.add_argument("--starttls", action="store_true", help="require TLS; the certificate is checked")
+    p.add_argument("--ca", metavar="FILE", help="PEM CA certificates to check the server's against (default: system)")
+    p.add_argument("--insecure", action="store_true", help="with TLS, do not check the server's certificate")
+    p.add_argument("--tls-name", metavar="FQDN", help="the server's name for STARTTLS and its certificate")
+    p.add_argument("--raw", action="store_true", help="print the answer (multipart/related) as received")
+    p.add_argument("--no-referrals", dest="follow", action="store_false", help="ask the first server only")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=client.OVERALL_TIMEOUT,
+        metavar="SECONDS",
+        help="for everything, referrals included (default: %(default)g)",
+    )
+
+    p = commands.add_parser(
+        "secret",
+        help="the secret and mtqp:// URI that let a sender track a message",
+        description="Print the keyed secret (HMAC-SHA256 with the site key) of an envelope (ENVID or Message-ID) "
+        "and its mtqp:// URI. The site key is made if it does not exist yet.",
+    )
+    p.add_argument("ident", metavar="ID")
+    config.add_options(p, ["store"])
+    p.add_argument("--server", metavar="HOST[:PORT]", help="the URI's server (default: --reporting-mta, else FQDN)")
+
+    p = commands.add_parser(
+        "run",
+        help="tail the logs and serve MTQP, in one process",
+        description="Follow the MTA's logs into the store and answer MTQP queries from it until SIGTERM. "
+        "Settings come from --config FILE (TOML), overridden by the options given.",
+    )
+    config.add_options(p)
+
+
+def _track(args: argparse.Namespace) -> int:
+    from server import client
+
+    return client.track_command(
+        [x for x in (args.target, args.secret) if x is not None],
+        server=args.server,
+        starttls=args.starttls,
+        cafile=args.ca,
+        insecure=args.insecure,
+        tls_name=args.tls_name,
+        raw=args.raw,
+        follow=args.follow,
+        timeout=args.timeout,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
+
+
+def _secret(args: argparse.Namespace) -> int:
+    from server import client, config
+
+    try:
+        cfg = config.from_args(args)
+        host, port = client.parse_server(args.server) if args.server else (cfg.mta_name, None)
+        if not cfg.store.is_dir():
+            raise config.ConfigError(f"no store at {cfg.store} (mtqpd replay --store {cfg.store} LOG... makes one)")
+        site_key = serve.load_site_key(cfg.site_key_path)
+        store = TinyStore(cfg.store, readonly=True)
+        return client.secret_command(store, args.ident, site_key, host, port, out=sys.stdout)
+    except (config.ConfigError, LookupError, ValueError) as exc:
+        print(f"mtqpd secret: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from server import config
+    from server import run as runner
+
+    logging.basicConfig(level=logging.WARNING, format="mtqpd run: %(message)s")
+    for name in ("ingest", "server"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        runner.run(config.from_args(args))
+    except config.ConfigError as exc:
+        print(f"mtqpd run: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -220,7 +405,16 @@ def main(argv: list[str] | None = None) -> int:
                 jobs=args.jobs,
                 out=sys.stdout,
             )
-        handler = {"replay": _replay, "tail": _tail, "show": _show, "search": _search}[args.command]
+        handler = {
+            "replay": _replay,
+            "tail": _tail,
+            "show": _show,
+            "search": _search,
+            "serve": _serve,
+            "track": _track,
+            "secret": _secret,
+            "run": _run,
+        }[args.command]
         return handler(args)
     except StoreLocked as exc:
         print(f"mtqpd {args.command}: {exc}", file=sys.stderr)
