@@ -35,7 +35,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from functools import lru_cache
 
 from ingest.records import TrackingRecord
 from ingest.store import Store
@@ -78,6 +78,8 @@ def _text(value: str) -> str:
     """A field value in 7-bit printable ASCII (RFC 3886 section 3.1 requires
     7bit): anything else, control characters from a hostile log included,
     is escaped rather than allowed to break the field structure."""
+    if value.isascii() and value.isprintable():  # the common case: " " to "~" only
+        return value
     return "".join(c if " " <= c <= "~" else _escape(c) for c in value)
 
 
@@ -85,7 +87,7 @@ def _address(address: str) -> str:
     """``address-type; generic-address``: ``rfc822`` for an ASCII address,
     reported exactly (RFC 3464 section 2.3.2); RFC 6533's ``utf-8`` type,
     xtext-escaped, for an internationalised one."""
-    if all(" " <= c <= "~" for c in address):
+    if address.isascii() and address.isprintable():  # " " to "~" only
         return f"rfc822; {address}"
     return "utf-8; " + "".join(c if c in _QCHAR else _escape(c) for c in address)
 
@@ -103,11 +105,27 @@ def _status(action: str, status: str | None) -> str:
     return status
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def _date(value: datetime) -> str:
-    """RFC 5322 date-time with a numeric zone, as RFC 3464 requires."""
-    return format_datetime(value.astimezone(UTC))
+    """RFC 5322 date-time with a numeric zone, as RFC 3464 requires: the
+    text of ``email.utils.format_datetime(value.astimezone(UTC))``, which
+    tests/test_render.py checks, without its timetuple and strftime."""
+    d = value.astimezone(UTC)
+    return "%s, %02d %s %04d %02d:%02d:%02d +0000" % (  # noqa: UP031 - the very format of email.utils
+        _DAYS[d.weekday()],
+        d.day,
+        _MONTHS[d.month - 1],
+        d.year,
+        d.hour,
+        d.minute,
+        d.second,
+    )
 
 
+@lru_cache(maxsize=4096)
 def _mta_name(name: str) -> str:
     """An MTA name for ``dns;``: a host name as logged, an address as an
     address literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``)."""

@@ -7,6 +7,7 @@ client's reading of them, with a separate grammar of the server side of RFC
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.protocol import (
+    _LINE_SPLIT,
     MAX_LINE,
     BadCommand,
     Comment,
@@ -30,6 +32,11 @@ from server.protocol import (
     State,
     Status,
     Track,
+    _fast_command,
+    _grammar_command,
+    _wire,
+    body_lines,
+    data_block,
     parse_line,
 )
 
@@ -1051,3 +1058,185 @@ def test_any_body_frames_and_reads_back(body: str | bytes) -> None:
         return
     (reply,) = read_replies(out)
     assert reply.data == lines
+
+
+# -- the fast path agrees with the grammar ----------------------------------------------------
+#
+# parse_line answers the common TRACK, QUIT and COMMENT lines with precompiled
+# expressions and asks the pyparsing grammar about everything else. The
+# grammar is the definition: on every line, the fast path either declines
+# (None) or answers exactly what the grammar answers; and it declines only
+# where the grammar does not find one of those three commands, so the
+# common lines never reach pyparsing.
+
+
+def _agree(text: str) -> None:
+    fast, grammar = _fast_command(text), _grammar_command(text)
+    if isinstance(grammar, Track | Quit | Comment):
+        assert fast == grammar, text
+        if isinstance(grammar, Track):
+            assert (fast.envid, fast.secret) == (grammar.envid, grammar.secret), text
+        if isinstance(grammar, Comment):
+            assert fast.text == grammar.text, text
+    else:
+        assert fast is None, (text, fast, grammar)
+
+
+def _table_lines() -> list[str]:
+    lines = []
+    for test in (test_commands_by_the_abnf, test_malformed_commands_are_bad):
+        (mark,) = [m for m in test.pytestmark if m.name == "parametrize"]
+        lines += [row[0] for row in mark.args[1]]
+    for client, _ in EX.values():
+        lines += client.decode("ascii").split("\r\n")
+    return lines
+
+
+def _variants(line: str) -> list[str]:
+    """A line under the changes the grammar is sensitive to."""
+    out = [line, line.lower(), line.upper(), line.swapcase(), line + " ", line + "\t \t", " " + line]
+    out += [line.replace(" ", "\t"), line.replace(" ", "  "), line.replace(" ", "", 1), line.rstrip()]
+    out += [line + x for x in ("=", "==", "===", "!", " x", "+", "+4", "+41", "+0A", ">", "<", "@")]
+    out += [line[:cut] for cut in range(len(line))]
+    return out
+
+
+EXTRA = [
+    "TRACK <> YWJj",
+    "TRACK <@> YWJj",
+    "TRACK < YWJj",
+    "TRACK > YWJj",
+    "TRACK <a@b>> YWJj",
+    "TRACK a@b+7E YWJj",
+    "TRACK a@b+7F YWJj",
+    "TRACK a@b+1F YWJj",
+    "TRACK a@b+09 YWJj",
+    "TRACK a+40b@c YWJj",
+    "TRACK a@b =",
+    "TRACK a@b ==",
+    "TRACK a@b YQ",
+    "TRACK a@b YQ=",
+    "TRACK a@b YQ==",
+    "TRACK a@b YR==",
+    "TRACK a@b YWJjZGVmZ2gK=",
+    "TRACK a@b YW Jj",
+    "TRACK\ta@b\tYWJj\t",
+    "TRACK_ a@b YWJj",
+    "TRACK$ a@b YWJj",
+    "QUIT\t",
+    "QUITx",
+    "QUIT_",
+    "QUIT!",
+    "COMMENT!",
+    "COMMENT_",
+    "COMMENT\t",
+    "COMMENT \t ",
+    "COMMENT  ~!@#$%^&*()",
+    "COMMENTx y",
+    "STARTTLS a.example",
+    "Trac a@b YWJj",
+    "T",
+    "Q",
+    "C",
+]
+
+
+def test_fast_path_agrees_on_the_tables_and_the_rfc() -> None:
+    lines = {v for line in [*_table_lines(), *EXTRA] for v in _variants(line)}
+    assert len(lines) > 1000
+    answered = 0
+    for text in sorted(lines):
+        _agree(text)
+        answered += _fast_command(text) is not None
+    assert answered > 200  # the fast path is exercised, not merely declining
+
+
+_PRINTABLE_ASCII = "".join(map(chr, range(0x20, 0x7F))) + "\t"
+_TOKENS = st.sampled_from(
+    [
+        *["TRACK", "track", "Track", "QUIT", "quit", "COMMENT", "comment", "STARTTLS", "TRACKX", "QUITS", "COMMENTS"],
+        *[" ", "  ", "\t", " \t", "<", ">", "@", "a", "Z", "0", "9", "-", ".", "_", "$", "!", "~", ":"],
+        *["+", "+2B", "+3D", "+40", "+0A", "+7F", "+7E", "+20", "+2b", "+4", "=", "==", "/", "+/"],
+        *["YWJj", "YWJjZA", "YWJjZGVmZ2gK", "QUJDREVGR0gK", "YQ", "YR", "abc", "example.com", "12345-20010101"],
+    ]
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(
+        st.lists(_TOKENS, max_size=12).map("".join),
+        st.tuples(
+            st.sampled_from(["TRACK ", "track\t", "QUIT", "COMMENT", "COMMENT "]),
+            st.text(alphabet=_PRINTABLE_ASCII, max_size=40),
+        ).map("".join),
+        st.text(alphabet=_PRINTABLE_ASCII, max_size=60),
+    )
+)
+def test_fast_path_agrees_on_generated_lines(text: str) -> None:
+    _agree(text)
+    assert parse_line(text.encode("ascii") + b"\r\n") == _grammar_command(text)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.sampled_from(["TRACK", "tRaCk"]),
+    st.text(alphabet=" \t", min_size=1, max_size=3),
+    st.booleans(),
+    st.text(alphabet="".join(c for c in _PRINTABLE_ASCII if c not in " \t+=<>@"), min_size=1, max_size=20),
+    st.text(alphabet="".join(c for c in _PRINTABLE_ASCII if c not in " \t+=<>@"), min_size=1, max_size=20),
+    st.binary(min_size=1, max_size=40),
+    st.sampled_from(["", "=", "==", "==="]),
+    st.text(alphabet=" \t", max_size=3),
+)
+def test_fast_path_agrees_on_generated_tracks(kw, ws, brackets, local, host, secret, pad, tail) -> None:
+    """Mostly well-formed TRACK lines, where the fast path must answer."""
+    envid = f"{local}@{host}"
+    if brackets:
+        envid = f"<{envid}>"
+    text = f"{kw}{ws}{envid}{ws}{base64.b64encode(secret).decode().rstrip('=')}{pad}{tail}"
+    _agree(text)
+
+
+# -- the joined framing of a body agrees with the line-by-line one ------------------------------
+
+
+def _plain_body_lines(data: bytes) -> list[bytes]:
+    lines = _LINE_SPLIT.split(data)
+    if lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+def _plain_data_block(lines: list[bytes]) -> bytes:
+    return b"".join(_wire(b"." + line if line.startswith(b".") else line) for line in lines) + b".\r\n"
+
+
+_FRAMING = st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"..", b"a", b" ", b"\x00", b"\r\r\n", b"\n."])
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.lists(_FRAMING, max_size=30).map(b"".join), st.binary(max_size=200)))
+def test_body_lines_cut_as_the_regex_does(data: bytes) -> None:
+    assert body_lines(data) == _plain_body_lines(data)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.lists(_FRAMING, max_size=8).map(b"".join),
+            st.sampled_from([b"x" * 996, b"." + b"x" * 996, b"x" * 997, b"." + b"x" * 997, b"x" * 998, b"x" * 999]),
+        ),
+        max_size=8,
+    )
+)
+def test_data_block_frames_as_line_by_line(lines: list[bytes]) -> None:
+    """Lines with an LF inside (no body_lines output has one) included."""
+    try:
+        expected = _plain_data_block(lines)
+    except LineTooLong:
+        with pytest.raises(LineTooLong):
+            data_block(lines)
+        return
+    assert data_block(lines) == expected

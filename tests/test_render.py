@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingest.correlator import Settings
 from ingest.records import Recipient, TrackingRecord
@@ -17,7 +20,7 @@ from ingest.replay import replay
 from ingest.store import MemoryStore
 from ingest.view import origins
 from server.auth import authorise, lookup
-from server.render import CRLF, MAX_PARTS, tracking_response, tracking_status
+from server.render import _QCHAR, CRLF, MAX_PARTS, _address, _date, _escape, _text, tracking_response, tracking_status
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 MTA = "mx1.example.test"
@@ -571,3 +574,39 @@ def test_rfc3887_example_12_firewall_hiding_names(firewall: tuple[MemoryStore, l
     )
     assert split(text) == [FIREWALL_PART + CRLF + user1 + CRLF + user2, FIREWALL_PART + CRLF + USER4]
     assert "smtp.example3.com" not in text
+
+
+# the cheap paths of the field renderers give exactly the text of the plain ones
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.datetimes(
+        min_value=datetime(2, 1, 1),
+        max_value=datetime(9998, 12, 31),
+        timezones=st.one_of(
+            st.none(),
+            st.just(UTC),
+            st.builds(
+                timezone,
+                st.timedeltas(min_value=-timedelta(hours=23, minutes=59), max_value=timedelta(hours=23, minutes=59)),
+            ),
+        ),
+    )
+)
+def test_date_is_the_text_of_email_utils(value: datetime) -> None:
+    assert _date(value) == format_datetime(value.astimezone(UTC))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.text(), st.text(alphabet=st.characters(max_codepoint=0x7F)), st.sampled_from([chr(c) for c in range(0x100)])
+    )
+)
+def test_text_and_address_are_the_escaping_of_every_character(value: str) -> None:
+    assert _text(value) == "".join(c if " " <= c <= "~" else _escape(c) for c in value)
+    if all(" " <= c <= "~" for c in value):
+        assert _address(value) == f"rfc822; {value}"
+    else:
+        assert _address(value) == "utf-8; " + "".join(c if c in _QCHAR else _escape(c) for c in value)
