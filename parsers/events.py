@@ -62,6 +62,21 @@ class Kind(StrEnum):
     UNKNOWN = "unknown"
 
 
+#: What any delivery attempt says, sent or deferred.
+_ATTEMPT_FIELDS = (
+    "recipient",
+    "orig_recipient",
+    "status",
+    "dsn",
+    "reply",
+    "relay",
+    "relay_host",
+    "relay_ip",
+    "relay_port",
+    "delay",
+    "transport",
+)
+
 #: The field names each kind uses, shared by the three MTAs so that ingest
 #: never asks which MTA wrote a line. A reader may add MTA-specific keys
 #: (Exim's ``R=`` router as ``router``, Sendmail's ``pri``) but never spells
@@ -91,34 +106,8 @@ FIELDS: dict[Kind, tuple[str, ...]] = {
     ),
     # status: sent | bounced | expired | failed | deliverable | undeliverable
     # (DELIVERY); deferred (DEFERRAL). reply is the remote or local text.
-    Kind.DELIVERY: (
-        "recipient",
-        "orig_recipient",
-        "status",
-        "dsn",
-        "reply",
-        "relay",
-        "relay_host",
-        "relay_ip",
-        "relay_port",
-        "delay",
-        "transport",
-        "queued_as",
-        "forwarded_as",
-    ),
-    Kind.DEFERRAL: (
-        "recipient",
-        "orig_recipient",
-        "status",
-        "dsn",
-        "reply",
-        "relay",
-        "relay_host",
-        "relay_ip",
-        "relay_port",
-        "delay",
-        "transport",
-    ),
+    Kind.DELIVERY: (*_ATTEMPT_FIELDS, "queued_as", "forwarded_as"),
+    Kind.DEFERRAL: _ATTEMPT_FIELDS,
     # notification: non-delivery | delay | delivery status; child: its queue id.
     Kind.BOUNCE: ("child", "notification"),
     Kind.REQUEUE: ("queued_as",),
