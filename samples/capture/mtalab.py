@@ -50,12 +50,25 @@ class SinkRules:
         return replies[min(n, len(replies) - 1)]
 
 
-class _SinkHandler(socketserver.StreamRequestHandler):
-    server: _SinkServer
+class _SMTPHandler(socketserver.StreamRequestHandler):
+    """What the sink and the filter both speak: reply lines, and DATA undone."""
 
     def send(self, line: str) -> None:
         self.wfile.write(line.encode() + b"\r\n")
         self.wfile.flush()
+
+    def read_data(self) -> bytes:
+        """The message after 354, up to the lone dot, dot-stuffing undone."""
+        body = bytearray()
+        while True:
+            chunk = self.rfile.readline(65536)
+            if not chunk or chunk in (b".\r\n", b".\n"):
+                return bytes(body)
+            body += chunk[1:] if chunk.startswith(b"..") else chunk
+
+
+class _SinkHandler(_SMTPHandler):
+    server: _SinkServer
 
     def handle(self) -> None:
         srv = self.server
@@ -89,13 +102,8 @@ class _SinkHandler(socketserver.StreamRequestHandler):
                     self.send("554 5.5.1 Error: no valid recipients")
                     continue
                 self.send("354 End data with <CR><LF>.<CR><LF>")
-                body = bytearray()
-                while True:
-                    chunk = self.rfile.readline(65536)
-                    if not chunk or chunk in (b".\r\n", b".\n"):
-                        break
-                    body += chunk[1:] if chunk.startswith(b"..") else chunk
-                msg = email.message_from_bytes(bytes(body), policy=email.policy.compat32)
+                body = self.read_data()
+                msg = email.message_from_bytes(body, policy=email.policy.compat32)
                 with srv.lock:
                     queued_as = f"{srv.id_prefix}{next(srv.counter):06d}"
                     srv.record(
@@ -195,12 +203,8 @@ class Sink:
 # downstream reply so that the MTA logs "queued as" of the second queue id)
 
 
-class _FilterHandler(socketserver.StreamRequestHandler):
+class _FilterHandler(_SMTPHandler):
     server: _FilterServer
-
-    def send(self, line: str) -> None:
-        self.wfile.write(line.encode() + b"\r\n")
-        self.wfile.flush()
 
     def handle(self) -> None:
         self.send("220 filter.localhost ESMTP mtalab content filter")
@@ -225,19 +229,14 @@ class _FilterHandler(socketserver.StreamRequestHandler):
                 self.send("250 2.1.5 Ok")
             elif verb == "DATA":
                 self.send("354 go ahead")
-                body = bytearray()
-                while True:
-                    chunk = self.rfile.readline(65536)
-                    if not chunk or chunk in (b".\r\n", b".\n"):
-                        break
-                    body += chunk[1:] if chunk.startswith(b"..") else chunk
+                body = self.read_data()
                 host, port = self.server.downstream
                 with smtplib.SMTP(host, port, local_hostname="filter.localhost") as s:
                     s.ehlo()
                     s.mail(mail_from, mail_opts)
                     for rcpt, opts in rcpts:
                         s.rcpt(rcpt, opts)
-                    code, reply = s.data(bytes(body))
+                    code, reply = s.data(body)
                 text = reply.decode()
                 self.send(f"250 2.0.0 from MTA(smtp:[{host}]:{port}): {code} {text}")
             elif verb == "RSET":
