@@ -18,9 +18,11 @@ from .grammar import Reading
 
 __all__ = ["MAX_LINE", "MTAS", "Context", "Event", "Kind", "mta_of", "parse"]
 
+Reader = Callable[[str, str | None], Reading | None]
+
 #: Each MTA's payload reader: (payload, program name or None) -> Reading,
 #: or None when the payload is not understood.
-READERS: dict[str, Callable[[str, str | None], Reading | None]] = {
+READERS: dict[str, Reader] = {
     "postfix": postfix.parse,
     "sendmail": sendmail.parse,
     "exim": exim.parse,
@@ -33,7 +35,6 @@ MTAS = ("postfix", "exim", "sendmail")
 MAX_LINE = 32 * 1024
 
 _DEFAULT = Context()
-_MTA_OF: dict[str, str | None] = {}
 
 
 def mta_of(program: str) -> str | None:
@@ -43,21 +44,14 @@ def mta_of(program: str) -> str | None:
     such as ``postfix-out/qmgr``; ``exim``, ``exim4``; ``sendmail``,
     ``sm-mta``, ``sm-msp-queue`` and other ``sm-`` labels.
     """
-    hit = _MTA_OF.get(program, "")
-    if hit != "":
-        return hit
     head = program.split("/", 1)[0].lower()
     if head.startswith("postfix"):
-        mta: str | None = "postfix"
-    elif head.startswith("exim"):
-        mta = "exim"
-    elif head in ("sendmail", "sm-mta", "sm-msp-queue") or head.startswith("sm-"):
-        mta = "sendmail"
-    else:
-        mta = None
-    if len(_MTA_OF) < 10_000:
-        _MTA_OF[program] = mta
-    return mta
+        return "postfix"
+    if head.startswith("exim"):
+        return "exim"
+    if head in ("sendmail", "sm-mta", "sm-msp-queue") or head.startswith("sm-"):
+        return "sendmail"
+    return None
 
 
 def parse(line: str, ctx: Context | None = None, mta: str = "auto") -> Event:
@@ -68,25 +62,39 @@ def parse(line: str, ctx: Context | None = None, mta: str = "auto") -> Event:
     """
     line = line.rstrip("\r\n")
     if len(line) > MAX_LINE:
-        return Event(None, None, None, None, None, None, Kind.UNKNOWN, {"reason": "overlong"}, line)
+        return Event(None, None, None, None, None, None, _UNKNOWN, {"reason": "overlong"}, line)
     env = split(line, ctx or _DEFAULT)
     if env is None:
         # Exim's reject log dumps the refused message's envelope and header
         # on undated lines after the entry they belong to.
         more = exim.continuation(line) if mta in ("auto", "exim") else None
         if more is None:
-            return Event(None, None, None, None, None, None, Kind.UNKNOWN, {}, line)
+            return Event(None, None, None, None, None, None, _UNKNOWN, {}, line)
         return Event(None, None, "exim", None, None, None, more.kind, more.fields, line)
-    if env.program is None:  # Exim's own mainlog
-        which: str | None = "exim"
-    else:
-        which = mta_of(env.program)
-        if which is None and mta != "auto":
-            which = mta
+    ts, host, program, pid, payload = env
+    which, reader = _READERS_OF.get((program, mta)) or _readers(program, mta)
     if which is None:
-        return Event(env.ts, env.host, None, env.program, env.pid, None, Kind.FOREIGN, {"text": env.payload}, line)
-    reader = READERS.get(which)
-    reading = reader(env.payload, env.program) if reader is not None else None
+        return Event(ts, host, None, program, pid, None, _FOREIGN, {"text": payload}, line)
+    reading = reader(payload, program) if reader is not None else None
     if reading is None:
-        return Event(env.ts, env.host, which, env.program, env.pid, None, Kind.UNKNOWN, {}, line)
-    return Event(env.ts, env.host, which, env.program, env.pid, reading.queue_id, reading.kind, reading.fields, line)
+        return Event(ts, host, which, program, pid, None, _UNKNOWN, {}, line)
+    return Event(ts, host, which, program, pid, reading.queue_id, reading.kind, reading.fields, line)
+
+
+_READERS_OF: dict[tuple[str | None, str], tuple[str | None, Reader | None]] = {}
+
+
+def _readers(program: str | None, mta: str) -> tuple[str | None, Reader | None]:
+    """(MTA, its payload reader) for lines of ``program``; (None, None) for
+    another program's. Memoised in ``_READERS_OF``: a log names a handful of
+    programs, and finding out costs more than a lookup on every line."""
+    which = mta_of(program) if program is not None else "exim"  # Exim's own mainlog names no program
+    if which is None and mta != "auto":
+        which = mta
+    hit = (which, READERS.get(which)) if which is not None else (None, None)
+    if len(_READERS_OF) < 10_000:
+        _READERS_OF[program, mta] = hit
+    return hit
+
+
+_UNKNOWN, _FOREIGN = Kind.UNKNOWN, Kind.FOREIGN  # enum attribute lookups are not free per line

@@ -42,6 +42,8 @@ class Context:
     #: A memo of BSD stamp -> UTC datetime; the stamp repeats for every line
     #: of a second, and the year inference is not free.
     _memo: dict[str, datetime | None] = field(default_factory=dict, compare=False, repr=False)
+    #: The inferred year of each ``Mar  1`` seen.
+    _years: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def bsd(self, stamp: str) -> datetime | None:
         """``Mar  1 12:00:00`` -> aware UTC, or None when it is not a date."""
@@ -55,7 +57,9 @@ class Context:
             month = MONTHS[stamp[:3]]
             day = int(stamp[4:6])
             hh, mm, ss = int(stamp[7:9]), int(stamp[10:12]), int(stamp[13:15])
-            year = infer_year(month, day, self.reference.astimezone(self.tz), self.grace)
+            year = self._years.get(stamp[:6])
+            if year is None:  # once per day of the log, not once per second
+                year = self._years[stamp[:6]] = infer_year(month, day, self.reference.astimezone(self.tz), self.grace)
             value = datetime(year, month, day, hh, mm, ss, tzinfo=self.tz).astimezone(UTC)
         except (KeyError, ValueError):
             value = None
@@ -112,13 +116,10 @@ def infer_year(month: int, day: int, reference: datetime, grace: timedelta = tim
             raise ValueError(f"no year fits {month}/{day}")
 
 
-@dataclass(slots=True)
-class Envelope:
-    ts: datetime | None
-    host: str | None
-    program: str | None
-    pid: int | None
-    payload: str
+#: What ``split`` reads off a line: (time, host, program, pid, payload).
+#: A plain tuple: one is made for every line, and a tuple costs a third of
+#: a dataclass instance to build.
+Envelope = tuple[datetime | None, str | None, str | None, int | None, str]
 
 
 # Program names may hold slashes (postfix/submission/smtpd) and dashes
@@ -173,7 +174,7 @@ def split(line: str, ctx: Context) -> Envelope | None:
     m = BSD.match(line)
     if m is not None:
         stamp, host, program, pid, payload = m.groups()
-        ts = ctx.bsd(stamp)
+        ts = ctx._memo.get(stamp) or ctx.bsd(stamp)  # the memo first: most lines share a second
     else:
         m = RFC3339.match(line)
         if m is None:
@@ -181,15 +182,14 @@ def split(line: str, ctx: Context) -> Envelope | None:
             if m is None:
                 return None
             date, tz, pid, payload = m.groups()
-            return Envelope(exim_time(date, tz, ctx), None, None, int(pid) if pid else None, payload)
+            return (exim_time(date, tz, ctx), None, None, int(pid) if pid else None, payload)
         stamp, host, program, pid, payload = m.groups()
         ts = ctx.rfc3339(stamp)
     if ts is None:
         return None
-    env = Envelope(ts, host, program, int(pid) if pid else None, payload)
     if program.startswith("exim"):
         inner = EXIM.match(payload)
         if inner is not None:
-            env.ts = exim_time(inner["date"], inner["tz"], ctx) or ts
-            env.payload = inner["payload"]
-    return env
+            ts = exim_time(inner["date"], inner["tz"], ctx) or ts
+            payload = inner["payload"]
+    return (ts, host, program, int(pid) if pid else None, payload)

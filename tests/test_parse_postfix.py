@@ -429,8 +429,9 @@ def test_fast_path_agrees_with_grammar_on_the_samples(name: str) -> None:
     for ln in (SAMPLES / name).read_text().splitlines():
         env = split(ln, CTX)
         assert env is not None, ln
-        quick = pf.fast(env.payload)
+        *_, payload = env
+        quick = pf.fast(payload)
         if quick is not None:
             answered += 1
-            assert quick == pf.parse_grammar(env.payload), ln
+            assert quick == pf.parse_grammar(payload), ln
     assert answered > 0
