@@ -12,6 +12,7 @@ work is the standard library's; trio is for I/O concurrency.)
 from __future__ import annotations
 
 import json
+import operator
 import os
 import sys
 from collections import Counter
@@ -24,12 +25,15 @@ from zoneinfo import ZoneInfo
 from parsers import Context, Event, Kind, parse
 
 from .bulk import gc_paused
-from .sources import OPENERS, byte_ranges, lines, lines_between, reference_time
+from .sources import OPENERS, blocks_between, byte_ranges, line_blocks, reference_time
 
 #: How many unknown lines --stats shows.
 SHOW_UNKNOWN = 10
 #: A plain file at least this large is counted in parallel.
 PARALLEL_FROM = 16 * 1024 * 1024
+
+
+_MTA_AND_KIND = operator.attrgetter("mta", "kind")
 
 
 @dataclass(slots=True)
@@ -39,11 +43,20 @@ class Stats:
     #: (path, line number, line) of the first unknown lines.
     unknown: list[tuple[str, int, str]] = field(default_factory=list)
 
-    def add(self, ev: Event, path: str, lineno: int) -> None:
-        self.lines += 1
-        self.by_kind[ev.mta, ev.kind] += 1
-        if ev.kind is Kind.UNKNOWN and len(self.unknown) < SHOW_UNKNOWN:
-            self.unknown.append((path, lineno, ev.line))
+    def add(self, events: list[Event], path: str) -> None:
+        """Count a block of events, the next ones of ``path``."""
+        first = self.lines + 1
+        self.lines += len(events)
+        before = self.unknown_lines
+        self.by_kind.update(map(_MTA_AND_KIND, events))  # counted in C, not one line at a time
+        if self.unknown_lines > before and len(self.unknown) < SHOW_UNKNOWN:
+            for lineno, ev in enumerate(events, first):
+                if ev.kind is Kind.UNKNOWN and len(self.unknown) < SHOW_UNKNOWN:
+                    self.unknown.append((path, lineno, ev.line))
+
+    @property
+    def unknown_lines(self) -> int:
+        return sum(n for (_, kind), n in self.by_kind.items() if kind is Kind.UNKNOWN)
 
     def merge(self, later: Stats, *, same_file: bool = False) -> None:
         """Add the counts of what was read after this. With ``same_file``,
@@ -56,8 +69,7 @@ class Stats:
             self.unknown.append((path, lineno + offset, text))
 
     def write(self, out: TextIO) -> None:
-        unknown = sum(n for (_, kind), n in self.by_kind.items() if kind is Kind.UNKNOWN)
-        out.write(f"lines: {self.lines}\nunknown: {unknown}\n")
+        out.write(f"lines: {self.lines}\nunknown: {self.unknown_lines}\n")
         for mta in sorted({m or "-" for m, _ in self.by_kind}):
             kinds = {str(k): n for (m, k), n in self.by_kind.items() if (m or "-") == mta}
             out.write(f"{mta}: {sum(kinds.values())}\n")
@@ -88,8 +100,8 @@ def _count_range(path: str, start: int, end: int, ref: datetime, tz: str | None,
     ctx = _context(tz, ref)
     stats = Stats()
     with gc_paused():
-        for lineno, text in enumerate(lines_between(path, start, end), 1):
-            stats.add(parse(text, ctx, mta), path, lineno)
+        for block in blocks_between(path, start, end):
+            stats.add([parse(text, ctx, mta) for text in block], path)
     return stats
 
 
@@ -124,11 +136,11 @@ def run(
                 continue
             ctx = _context(tz, ref)
             with gc_paused():
-                for lineno, text in enumerate(lines(path), 1):
-                    ev = parse(text, ctx, mta)
-                    part.add(ev, path, lineno)
+                for block in line_blocks(path):
+                    events = [parse(text, ctx, mta) for text in block]
+                    part.add(events, path)
                     if show_events:
-                        out.write((json.dumps(ev.to_json()) if as_json else render(ev)) + "\n")
+                        out.writelines(f"{json.dumps(ev.to_json()) if as_json else render(ev)}\n" for ev in events)
         except BrokenPipeError:
             raise
         except OSError as exc:

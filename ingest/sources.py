@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import io
 import itertools
 import lzma
 import os
@@ -30,16 +29,69 @@ def open_binary(path: str) -> IO[bytes]:
     return open(path, "rb")
 
 
-def lines(path: str) -> Iterator[str]:
-    """Every line of ``path``, newline kept off, in order."""
+#: Bytes read at a time. A block is decoded and split in one call each,
+#: which costs a fraction of decoding line by line; a small one keeps what
+#: a caller makes of its lines in the CPU's cache (on the benchmark log,
+#: parsing 1 MiB blocks' lines cost 20% more than 64 KiB blocks' lines).
+BLOCK = 1 << 16
+
+
+def _split_block(data: bytes) -> list[str]:
+    """The lines of a block of whole lines, newline and carriage return off.
+
+    Only ``\n`` ends a line (``str.splitlines`` would also cut at form
+    feeds and Unicode separators, which a log line may hold), and UTF-8
+    never has the byte 0x0A inside a character, so decoding per block is
+    decoding per line.
+    """
+    text = data.decode("utf-8", "replace")
+    found = text.split("\n")
+    if "\r" in text:
+        found = [line.rstrip("\r") for line in found]
+    return found
+
+
+def blocks(raw: IO[bytes], limit: int | None = None) -> Iterator[list[str]]:
+    """The lines of ``raw`` from where it stands, a list at a time, the
+    last line whether or not a newline ends it; with ``limit``, the lines
+    that start within the next ``limit`` bytes."""
+    rest = b""
+    while limit is None or limit > 0:
+        try:
+            # read1: what is there, without waiting for a whole block (a pipe).
+            data = raw.read1(BLOCK if limit is None else min(BLOCK, limit))  # type: ignore[attr-defined]
+        except EOFError:  # a truncated .gz/.bz2/.xz: what it gave counts
+            if rest:
+                yield _split_block(rest)
+            raise
+        if not data:
+            break
+        if limit is not None:
+            limit -= len(data)
+        data = rest + data
+        cut = data.rfind(b"\n") + 1
+        rest = data[cut:]
+        if cut:
+            yield _split_block(data[: cut - 1])
+    if rest and limit is not None and limit <= 0:
+        rest += raw.readline()  # a range's last line ends past the range
+    if rest:
+        yield _split_block(rest.removesuffix(b"\n"))
+
+
+def line_blocks(path: str) -> Iterator[list[str]]:
+    """Every line of ``path`` (see ``open_binary``), in order, a list at a time."""
     raw = open_binary(path)
     try:
-        with io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="\n") as text:
-            for line in text:
-                yield line.rstrip("\r\n")
+        yield from blocks(raw)
     finally:
         if path != "-":
             raw.close()
+
+
+def lines(path: str) -> Iterator[str]:
+    """Every line of ``path``, newline kept off, in order."""
+    return itertools.chain.from_iterable(line_blocks(path))
 
 
 def reference_time(path: str) -> datetime:
@@ -64,13 +116,13 @@ def byte_ranges(path: str, parts: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
 
 
-def lines_between(path: str, start: int, end: int) -> Iterator[str]:
-    """The lines of a plain file that start in [start, end)."""
+def blocks_between(path: str, start: int, end: int) -> Iterator[list[str]]:
+    """The lines of a plain file that start in [start, end), a list at a time."""
     with open(path, "rb") as raw:
         raw.seek(start)
-        remaining = end - start
-        for chunk in raw:
-            if remaining <= 0:
-                break
-            remaining -= len(chunk)
-            yield chunk.decode("utf-8", "replace").rstrip("\r\n")
+        yield from blocks(raw, end - start)
+
+
+def lines_between(path: str, start: int, end: int) -> Iterator[str]:
+    """The lines of a plain file that start in [start, end)."""
+    return itertools.chain.from_iterable(blocks_between(path, start, end))
