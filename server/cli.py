@@ -4,6 +4,10 @@ It lives in ``server`` because that package is the top of the one-way flow
 (parsers -> ingest -> store -> server): the command line may reach every
 layer, and no layer below may reach it. Each command's work is done by a
 module of its layer; this file only reads arguments and reports errors.
+
+Only the command being run has its options built and its modules imported:
+``mtqpd parse`` on a big log is timed against pflogsumm, and importing trio,
+the store and the server for it would cost a tenth of its run.
 """
 
 from __future__ import annotations
@@ -14,20 +18,18 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import trio
-
-from ingest import parsecmd, showcmd, tailcmd
-from ingest.correlator import Settings
-from ingest.replay import progress_stream, replay
-from ingest.tailcmd import Tailer
-from ingest.tinystore import StoreLocked, TinyStore
 from parsers import MTAS
-from server import serve
+
+if TYPE_CHECKING:
+    from ingest.correlator import Settings
+    from ingest.tinystore import TinyStore
 
 #: Where the store lives unless --store or $MTQPD_STORE says otherwise.
 DEFAULT_STORE = "/var/lib/mtqpd"
@@ -89,20 +91,36 @@ def _ingest_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tz", type=_zone, metavar="ZONE", help="zone of timestamps written without one (default UTC)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, with the options of ``command`` (only)."""
     parser = argparse.ArgumentParser(
         prog="mtqpd",
         description="Message tracking (RFC 3885-3888) for Postfix, Exim and Sendmail, from their logs.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (summary, description, options, _) in _COMMANDS.items():
+        p = commands.add_parser(name, help=summary, description=description)
+        if name == command:
+            options(p)
+    return parser
 
-    p = commands.add_parser(
-        "parse",
-        help="read log lines into events: what did mtqpd understand?",
-        description="Parse Postfix, Exim and Sendmail log lines into events. "
-        "FILE may be '-' for standard input; .gz, .bz2 and .xz are read transparently.",
-    )
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command named in ``argv``: its first word that is not an option
+    (the top level takes no option with a value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+class _Version(argparse.Action):
+    """``--version``, with the installed version looked up only when asked."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[no-untyped-def]
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
+
+
+def _parse_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--mta", choices=("auto", *MTAS), default="auto", help="reader for lines whose program does not say")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -110,36 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tz", type=_zone, metavar="ZONE", help="zone of timestamps written without one (default UTC)")
     p.add_argument("--jobs", type=_positive, metavar="N", help="processes for --stats on large plain files")
 
-    p = commands.add_parser(
-        "replay",
-        help="import old logs into the store",
-        description="Read logs (rotated and compressed sets in any order) into the tracking store. "
-        "Running it twice changes nothing.",
-    )
-    _ingest_options(p)
 
-    p = commands.add_parser(
-        "tail",
-        help="follow live logs into the store",
-        description="Follow log files into the tracking store through rotation (rename, copytruncate, "
-        "compression) and restarts, until SIGTERM. Records are durable within a second; a restart "
-        "resumes where the last durable record ended.",
-    )
-    _ingest_options(p)
-
-    p = commands.add_parser(
-        "show",
-        help="where did this message go? (queue id, Message-ID or ENVID)",
-        description="Print the records of a queue id, Message-ID (with or without <>) or ENVID, "
-        "with every record linked to them.",
-    )
+def _show_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("ident", metavar="ID")
     _store_option(p)
     p.add_argument("--json", action="store_true", help="one JSON object per record")
 
-    p = commands.add_parser(
-        "search", help="find messages by sender, recipient, time and outcome", description="Search the store."
-    )
+
+def _search_options(p: argparse.ArgumentParser) -> None:
     _store_option(p)
     p.add_argument("--from", dest="sender", metavar="ADDR", help="envelope sender")
     p.add_argument("--to", dest="recipient", metavar="ADDR", help="recipient, final or original")
@@ -153,12 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=_positive, metavar="N", help="at most N records")
     p.add_argument("--json", action="store_true", help="one JSON object per record")
-    _serve_parser(commands)
-    _client_parsers(commands)
-    return parser
 
 
 def _open(args: argparse.Namespace, *, readonly: bool) -> TinyStore:
+    from ingest.tinystore import TinyStore
+
     path = Path(args.store)
     if readonly and not path.is_dir():
         raise SystemExit(f"mtqpd {args.command}: no store at {path} (mtqpd replay --store {path} LOG... makes one)")
@@ -166,10 +161,22 @@ def _open(args: argparse.Namespace, *, readonly: bool) -> TinyStore:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from ingest.correlator import Settings
+
     return Settings(default_host=args.host or os.uname().nodename.split(".")[0])
 
 
+def _parse(args: argparse.Namespace) -> int:
+    from ingest import parsecmd
+
+    return parsecmd.run(
+        args.files, mta=args.mta, as_json=args.json, stats=args.stats, tz=args.tz, jobs=args.jobs, out=sys.stdout
+    )
+
+
 def _replay(args: argparse.Namespace) -> int:
+    from ingest.replay import progress_stream, replay
+
     settings = _settings(args)
     store = _open(args, readonly=False)
     try:
@@ -181,12 +188,16 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
+    import trio
+
+    from ingest import tailcmd
+
     logging.basicConfig(level=logging.WARNING, format="mtqpd tail: %(message)s")
     logging.getLogger("ingest").setLevel(logging.INFO)
     settings = _settings(args)
     store = _open(args, readonly=False)
     try:
-        tailer = Tailer(store, settings, tz=args.tz, mta=args.mta)
+        tailer = tailcmd.Tailer(store, settings, tz=args.tz, mta=args.mta)
         trio.run(tailcmd.run, [os.path.abspath(f) for f in args.files], tailer)
     finally:
         store.close()
@@ -194,6 +205,8 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from ingest import showcmd
+
     store = _open(args, readonly=True)
     status = showcmd.show(store, args.ident, as_json=args.json, out=sys.stdout)
     if status:
@@ -202,6 +215,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from ingest import showcmd
+
     store = _open(args, readonly=True)
     criteria = {k: getattr(args, k) for k in ("sender", "recipient", "since", "until", "action", "limit")}
     return showcmd.search(store, as_json=args.json, out=sys.stdout, **criteria)
@@ -211,6 +226,8 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _listen(text: str) -> tuple[str | None, int]:
+    from server import serve
+
     try:
         return serve.parse_listen(text)
     except ValueError as exc:
@@ -224,14 +241,10 @@ def _timeout(text: str) -> float:
     return value
 
 
-def _serve_parser(commands: argparse._SubParsersAction) -> None:
+def _serve_options(p: argparse.ArgumentParser) -> None:
+    from server import serve
+
     limits = serve.Limits()
-    p = commands.add_parser(
-        "serve",
-        help="answer MTQP queries (RFC 3887, port 1038) from the store",
-        description="Serve MTQP over an existing store until SIGTERM or SIGINT. SIGUSR1 pauses the service "
-        "(clients are told -TEMP/admin), SIGUSR2 resumes it.",
-    )
     _store_option(p)
     p.add_argument(
         "--listen",
@@ -267,6 +280,8 @@ def _serve_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from server import serve
+
     if len(args.tls_cert) != len(args.tls_key):
         print("mtqpd serve: give one --tls-key for each --tls-cert", file=sys.stderr)
         return 2
@@ -293,16 +308,9 @@ def _serve(args: argparse.Namespace) -> int:
 # -- track, secret, run ------------------------------------------------------------
 
 
-def _client_parsers(commands: argparse._SubParsersAction) -> None:
-    from server import client, config
+def _track_options(p: argparse.ArgumentParser) -> None:
+    from server import client
 
-    p = commands.add_parser(
-        "track",
-        help="ask an MTQP server where a message went",
-        description="Track a message over MTQP (RFC 3887): mtqpd track mtqp://HOST[:PORT]/track/ENVID/SECRET, or "
-        "mtqpd track --server HOST[:PORT] ENVID SECRET. Recipients transferred to other MTQP servers are "
-        "followed there. Exit status 0 when the server had tracking information.",
-    )
     p.add_argument("target", metavar="URI|ENVID")
     p.add_argument("secret", nargs="?", metavar="SECRET", help="with --server")
     p.add_argument("--server", metavar="HOST[:PORT]", help="the server to ask (SRV lookup when no port is given)")
@@ -320,22 +328,18 @@ def _client_parsers(commands: argparse._SubParsersAction) -> None:
         help="for everything, referrals included (default: %(default)g)",
     )
 
-    p = commands.add_parser(
-        "secret",
-        help="the secret and mtqp:// URI that let a sender track a message",
-        description="Print the keyed secret (HMAC-SHA256 with the site key) of an envelope (ENVID or Message-ID) "
-        "and its mtqp:// URI. The site key is made if it does not exist yet.",
-    )
+
+def _secret_options(p: argparse.ArgumentParser) -> None:
+    from server import config
+
     p.add_argument("ident", metavar="ID")
     config.add_options(p, ["store"])
     p.add_argument("--server", metavar="HOST[:PORT]", help="the URI's server (default: --reporting-mta, else FQDN)")
 
-    p = commands.add_parser(
-        "run",
-        help="tail the logs and serve MTQP, in one process",
-        description="Follow the MTA's logs into the store and answer MTQP queries from it until SIGTERM. "
-        "Settings come from --config FILE (TOML), overridden by the options given.",
-    )
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    from server import config
+
     config.add_options(p)
 
 
@@ -358,7 +362,8 @@ def _track(args: argparse.Namespace) -> int:
 
 
 def _secret(args: argparse.Namespace) -> int:
-    from server import client, config
+    from ingest.tinystore import TinyStore
+    from server import client, config, serve
 
     try:
         cfg = config.from_args(args)
@@ -388,34 +393,82 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Each command: its one-line help, its description, its options, its handler.
+_COMMANDS: dict[
+    str, tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+] = {
+    "parse": (
+        "read log lines into events: what did mtqpd understand?",
+        "Parse Postfix, Exim and Sendmail log lines into events. "
+        "FILE may be '-' for standard input; .gz, .bz2 and .xz are read transparently.",
+        _parse_options,
+        _parse,
+    ),
+    "replay": (
+        "import old logs into the store",
+        "Read logs (rotated and compressed sets in any order) into the tracking store. "
+        "Running it twice changes nothing.",
+        _ingest_options,
+        _replay,
+    ),
+    "tail": (
+        "follow live logs into the store",
+        "Follow log files into the tracking store through rotation (rename, copytruncate, compression) and "
+        "restarts, until SIGTERM. Records are durable within a second; a restart resumes where the last durable "
+        "record ended.",
+        _ingest_options,
+        _tail,
+    ),
+    "show": (
+        "where did this message go? (queue id, Message-ID or ENVID)",
+        "Print the records of a queue id, Message-ID (with or without <>) or ENVID, with every record linked to them.",
+        _show_options,
+        _show,
+    ),
+    "search": ("find messages by sender, recipient, time and outcome", "Search the store.", _search_options, _search),
+    "serve": (
+        "answer MTQP queries (RFC 3887, port 1038) from the store",
+        "Serve MTQP over an existing store until SIGTERM or SIGINT. SIGUSR1 pauses the service "
+        "(clients are told -TEMP/admin), SIGUSR2 resumes it.",
+        _serve_options,
+        _serve,
+    ),
+    "track": (
+        "ask an MTQP server where a message went",
+        "Track a message over MTQP (RFC 3887): mtqpd track mtqp://HOST[:PORT]/track/ENVID/SECRET, or "
+        "mtqpd track --server HOST[:PORT] ENVID SECRET. Recipients transferred to other MTQP servers are "
+        "followed there. Exit status 0 when the server had tracking information.",
+        _track_options,
+        _track,
+    ),
+    "secret": (
+        "the secret and mtqp:// URI that let a sender track a message",
+        "Print the keyed secret (HMAC-SHA256 with the site key) of an envelope (ENVID or Message-ID) "
+        "and its mtqp:// URI. The site key is made if it does not exist yet.",
+        _secret_options,
+        _secret,
+    ),
+    "run": (
+        "tail the logs and serve MTQP, in one process",
+        "Follow the MTA's logs into the store and answer MTQP queries from it until SIGTERM. "
+        "Settings come from --config FILE (TOML), overridden by the options given.",
+        _run_options,
+        _run,
+    ),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    from ingest.tinystore import StoreLocked  # cheap once a command has loaded ingest; parse never raises it
+
     try:
-        if args.command == "parse":
-            return parsecmd.run(
-                args.files,
-                mta=args.mta,
-                as_json=args.json,
-                stats=args.stats,
-                tz=args.tz,
-                jobs=args.jobs,
-                out=sys.stdout,
-            )
-        handler = {
-            "replay": _replay,
-            "tail": _tail,
-            "show": _show,
-            "search": _search,
-            "serve": _serve,
-            "track": _track,
-            "secret": _secret,
-            "run": _run,
-        }[args.command]
-        return handler(args)
+        return _COMMANDS[args.command][3](args)
     except StoreLocked as exc:
         print(f"mtqpd {args.command}: {exc}", file=sys.stderr)
         return 1
