@@ -15,6 +15,7 @@ batches see the correlator's own copies first.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -69,6 +70,9 @@ class Correlator:
         self.written: set[str] = set()
         #: Latest line time seen: what "long ago" means when evicting.
         self._now: datetime | None = None
+        #: Told the (host, queue id) of every record an event reads or
+        #: changes: a spread replay finds the messages that span its cuts so.
+        self.on_touch: Callable[[tuple[str, str]], object] | None = None
 
     # -- finding the record an event belongs to ---------------------------------
 
@@ -91,6 +95,8 @@ class Correlator:
         the queue id was reused and a new record begins.
         """
         ts = ev.ts
+        if self.on_touch is not None:
+            self.on_touch((host, qid))
         gens = self._gens.get((host, qid)) or self._generations(host, qid)
         rec = gens[-1] if gens else None
         if ts is not None and rec is not None:
@@ -200,6 +206,8 @@ class Correlator:
 
     def _link_bounce(self, host: str, parent_qid: str, child: TrackingRecord, ev: Event) -> None:
         self._link(child, Link(host, parent_qid, "bounce-of"), parents=True)
+        if self.on_touch is not None:
+            self.on_touch((host, parent_qid))
         gens = self._generations(host, parent_qid)
         parent = next((g for g in reversed(gens) if ev.ts is None or g.arrival <= ev.ts), None)
         if parent is not None:

@@ -129,6 +129,11 @@ def _parse_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=_positive, metavar="N", help="processes for --stats on large plain files")
 
 
+def _replay_options(p: argparse.ArgumentParser) -> None:
+    _ingest_options(p)
+    p.add_argument("--jobs", type=_positive, metavar="N", help="processes for large plain files into a fresh store")
+
+
 def _show_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("ident", metavar="ID")
     _store_option(p)
@@ -175,12 +180,23 @@ def _parse(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from ingest import parallel
     from ingest.replay import progress_stream, replay
 
     settings = _settings(args)
     store = _open(args, readonly=False)
+    jobs = args.jobs or os.cpu_count() or 1
     try:
-        summary = replay(args.files, store, settings=settings, tz=args.tz, mta=args.mta, progress=progress_stream())
+        if len(store) == 0 and parallel.spreadable(args.files, jobs):
+            store.close()  # the spread replay takes the store's lock itself
+            summary = parallel.replay_spread(
+                args.files, Path(args.store), settings=settings, tz=args.tz, mta=args.mta, jobs=jobs
+            )
+        else:
+            summary = replay(args.files, store, settings=settings, tz=args.tz, mta=args.mta, progress=progress_stream())
+    except parallel.RangeFailed as exc:
+        print(f"mtqpd replay: a worker process failed; the store may be incomplete:\n{exc}", file=sys.stderr)
+        return 1
     finally:
         store.close()
     summary.write(sys.stderr if sys.stdout.isatty() else sys.stdout)
@@ -408,7 +424,7 @@ _COMMANDS: dict[
         "import old logs into the store",
         "Read logs (rotated and compressed sets in any order) into the tracking store. "
         "Running it twice changes nothing.",
-        _ingest_options,
+        _replay_options,
         _replay,
     ),
     "tail": (

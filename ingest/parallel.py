@@ -1,0 +1,356 @@
+"""Replay spread over the machine's cores: big plain logs into a fresh store.
+
+Correlation is sequential in principle: a line may belong to a message that
+arrived anywhere earlier in the log. In practice nearly all of a message's
+lines lie within seconds of each other. So the log is cut into byte ranges,
+one per process, and each range is correlated from an empty state as if it
+were the whole log. That is exact for every message whose lines all lie in
+one range. The others, messages that *span* a cut (in flight at the cut, or
+deferred across it), are found afterwards: a (host, queue id) that more
+than one range touched, with every (host, queue id) a line ties to one of
+them (a bounce and its parent), transitively. Their ranges drop them, and
+the parent process correlates them again from their lines alone, in log
+order. The store comes out as the sequential replay makes it; a test holds
+the two equal.
+
+Records are written where they lie: each process writes the partitions
+(arrival hours) that only it has records of, adding the re-correlated
+records of those hours that the parent hands it; the parent writes the
+hours that several ranges share (around each cut).
+
+Three rounds of messages between the parent and each range's process:
+
+1. the range is correlated: its line count, kinds, the keys it touched and
+   the keys its lines tie together come back;
+2. the parent names the spanning keys: their line numbers come back, and
+   the hours of the records that remain;
+3. the parent names the hours to write, with the records to add, and the
+   hours to hand back: those records come back.
+
+Only for a fresh store (a range cannot see records already stored) and
+plain files (a compressed file cannot be cut); otherwise replay is
+sequential. Processes are forked: the parsers' grammars and the settings
+are inherited, not rebuilt or sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import time
+import traceback
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from parsers import Context, parse
+
+from .bulk import gc_paused
+from .correlator import Correlator, Settings
+from .records import TrackingRecord
+from .replay import Summary, order_logs
+from .sources import OPENERS, blocks_between, reference_time
+from .tinystore import RECORDS_TABLE, TinyStore, _write_table, partition_of
+
+#: Below this many bytes of log, forking and the rounds cost more than they save.
+SPREAD_FROM = 16 * 1024 * 1024
+
+Key = tuple[str, str]
+#: A piece of one file: path, first byte, end byte.
+Segment = tuple[str, int, int]
+
+
+def spreadable(paths: list[str], jobs: int) -> bool:
+    """Whether ``paths`` are worth and fit for a spread replay on ``jobs`` cores."""
+    if jobs < 2 or any(p == "-" or p.endswith(tuple(OPENERS)) for p in paths):
+        return False
+    try:
+        return sum(os.path.getsize(p) for p in paths) >= SPREAD_FROM
+    except OSError:
+        return False  # the sequential replay reports the file that is missing
+
+
+def cut(paths: list[str], parts: int) -> list[list[Segment]]:
+    """The files, in order, as up to ``parts`` runs of whole lines of about
+    equal size; each run is one or more segments of consecutive files."""
+    sizes = [os.path.getsize(p) for p in paths]
+    total = sum(sizes)
+    starts = [0]
+    for i in range(1, parts):
+        starts.append(max(_line_start(paths, sizes, total * i // parts), starts[-1]))
+    starts.append(total)
+    runs = []
+    for a, b in itertools.pairwise(starts):
+        if b <= a:
+            continue
+        run, offset = [], 0
+        for path, size in zip(paths, sizes, strict=True):
+            lo, hi = max(a, offset), min(b, offset + size)
+            if lo < hi:
+                run.append((path, lo - offset, hi - offset))
+            offset += size
+        runs.append(run)
+    return runs
+
+
+def _line_start(paths: list[str], sizes: list[int], at: int) -> int:
+    """The first line start at or after ``at`` in the files laid end to end."""
+    offset = 0
+    for path, size in zip(paths, sizes, strict=True):
+        if at < offset + size:
+            if at == offset:
+                return at
+            with open(path, "rb") as f:
+                f.seek(at - offset - 1)
+                f.readline()  # to the end of the line holding the byte before ``at``
+                return offset + f.tell()
+        offset += size
+    return offset
+
+
+def _lines(run: list[Segment]) -> Iterator[tuple[str, str]]:
+    """(path, line) for every line of a run, in order."""
+    for path, start, end in run:
+        for block in blocks_between(path, start, end):
+            for text in block:
+                yield path, text
+
+
+def write_partition(store: Path, part: str, records: list[TrackingRecord]) -> None:
+    """Write one partition file of the store with ``records``, as its flush would."""
+    docs = (r.to_dict() for r in sorted(records, key=lambda r: (r.arrival, r.rid)))
+    _write_table(store / "records" / f"{part}.json", RECORDS_TABLE, docs)
+
+
+# -- one range, in its own process ------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Correlated:
+    """Round 1's answer."""
+
+    lines: int
+    kinds: Counter
+    keys: set[Key]
+    #: Keys that one line touched together (a bounce and its parent).
+    ties: list[tuple[Key, ...]]
+    errors: list[str] = field(default_factory=list)
+
+
+class _Collected:
+    """The store a range's correlator flushes into, once, at the end.
+
+    Nothing is put before that, so there is nothing to find: the correlator
+    asks only ``by_queue_id``, for keys it has not seen in this range, and
+    those belong to no record of it.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[TrackingRecord] = []
+
+    def put(self, records: Iterable[TrackingRecord]) -> None:
+        self.records.extend(records)
+
+    def by_queue_id(self, queue_id: str) -> list[TrackingRecord]:
+        return []
+
+    def flush(self) -> None:
+        pass
+
+
+def _correlate(lines: Iterable[tuple[str, str]], settings: Settings, tz: str | None, mta: str):  # type: ignore[no-untyped-def]
+    """Correlate ``lines`` from nothing; also say which line numbers touched
+    which keys. (correlator, kinds, line count, lines per key, ties)"""
+    store = _Collected()
+    correlator = Correlator(store, settings)  # type: ignore[arg-type]
+    touched: list[Key] = []
+    correlator.on_touch = touched.append
+    lines_of: defaultdict[Key, list[int]] = defaultdict(list)
+    ties: list[tuple[Key, ...]] = []
+    kinds: Counter = Counter()
+    zone = ZoneInfo(tz) if tz else None
+    contexts: dict[str, Context] = {}
+    n = 0
+    for path, text in lines:
+        ctx = contexts.get(path)
+        if ctx is None:
+            ref = reference_time(path)
+            ctx = contexts[path] = Context(tz=zone, reference=ref) if zone else Context(reference=ref)
+        ev = parse(text, ctx, mta)
+        n += 1
+        kinds[ev.kind] += 1
+        correlator.apply(ev)
+        if touched:
+            for key in touched:
+                lines_of[key].append(n)
+            if len(touched) > 1:
+                ties.append(tuple(touched))
+            touched.clear()
+    return correlator, store, kinds, n, lines_of, ties
+
+
+def _range_process(
+    conn: Connection, run: list[Segment], settings: Settings, tz: str | None, mta: str, store: str
+) -> None:
+    """One range, through the three rounds (see the module docstring)."""
+    try:
+        with gc_paused():
+            correlator, collected, kinds, n, lines_of, ties = _correlate(_lines(run), settings, tz, mta)
+            conn.send(_Correlated(n, kinds, set(lines_of), ties))
+
+            spanning: set[Key] = conn.recv()
+            numbers = sorted({i for key in spanning & lines_of.keys() for i in lines_of[key]})
+            correlator.flush(durable=False)
+            by_hour: defaultdict[str, list[TrackingRecord]] = defaultdict(list)
+            for r in collected.records:
+                if (r.host, r.queue_id) not in spanning:
+                    by_hour[partition_of(r.arrival)].append(r)
+            conn.send((numbers, {hour: len(rs) for hour, rs in by_hour.items()}))
+
+            own, shared = conn.recv()
+            for hour, extra in own.items():
+                write_partition(Path(store), hour, by_hour[hour] + extra)
+            conn.send({hour: by_hour[hour] for hour in shared})
+    except BaseException:  # the parent reports it; a child must not print a second traceback
+        conn.send(_Failed(traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+@dataclass(slots=True)
+class _Failed:
+    trace: str
+
+
+class RangeFailed(Exception):
+    """A range's process failed; its traceback is the message."""
+
+
+# -- the parent ---------------------------------------------------------------------
+
+
+def replay_spread(paths: list[str], store: Path, *, settings: Settings, tz: str | None, mta: str, jobs: int) -> Summary:
+    """Replay ``paths`` into the fresh TinyStore at ``store`` over ``jobs``
+    processes. The store is opened (locked) for the duration; ValueError if
+    it already holds records."""
+    started = time.monotonic()
+    holder = TinyStore(store)  # the writer lock, held while the ranges write
+    try:
+        if len(holder):
+            raise ValueError(f"store {store} is not empty: a spread replay needs a fresh one")
+        summary = _spread(order_logs(paths), store, settings, tz, mta, jobs)
+    finally:
+        holder.close()  # nothing was put through it: writes nothing
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _spread(paths: list[str], store: Path, settings: Settings, tz: str | None, mta: str, jobs: int) -> Summary:
+    runs = cut(paths, jobs)
+    fork = multiprocessing.get_context("fork")
+    conns, procs = [], []
+    for run in runs:
+        parent, child = fork.Pipe()
+        proc = fork.Process(target=_range_process, args=(child, run, settings, tz, mta, str(store)), daemon=True)
+        proc.start()
+        child.close()
+        conns.append(parent)
+        procs.append(proc)
+    try:
+        return _rounds(runs, conns, store, settings, tz, mta)
+    finally:
+        for proc in procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+
+
+def _answer(conn: Connection):  # type: ignore[no-untyped-def]
+    got = conn.recv()
+    if isinstance(got, _Failed):
+        raise RangeFailed(got.trace)
+    return got
+
+
+def _rounds(
+    runs: list[list[Segment]], conns: list[Connection], store: Path, settings: Settings, tz: str | None, mta: str
+) -> Summary:
+    summary = Summary()
+    # Round 1: every range correlated on its own.
+    correlated: list[_Correlated] = [_answer(c) for c in conns]
+    for part in correlated:
+        summary.lines += part.lines
+        summary.kinds.update(part.kinds)
+        summary.errors += part.errors
+    spanning = _spanning([part.keys for part in correlated], [tie for part in correlated for tie in part.ties])
+
+    # Round 2: the spanning keys' lines, and the hours of what remains.
+    for c, part in zip(conns, correlated, strict=True):
+        c.send(spanning & part.keys)
+    handed = [_answer(c) for c in conns]
+    again = _recorrelate(runs, [numbers for numbers, _ in handed], settings, tz, mta)
+    summary.records = len(again) + sum(sum(hours.values()) for _, hours in handed)
+
+    # Round 3: who writes which hour.
+    holders: defaultdict[str, list[int]] = defaultdict(list)
+    for i, (_, hours) in enumerate(handed):
+        for hour in hours:
+            holders[hour].append(i)
+    extra: defaultdict[str, list[TrackingRecord]] = defaultdict(list)
+    for r in again:
+        extra[partition_of(r.arrival)].append(r)
+    for i, c in enumerate(conns):
+        own = {hour: extra.pop(hour, []) for hour, who in holders.items() if who == [i]}
+        c.send((own, {hour for hour, who in holders.items() if len(who) > 1 and i in who}))
+    for c in conns:
+        for hour, records in _answer(c).items():
+            extra[hour] += records
+    for hour, records in extra.items():  # shared hours, and hours only re-correlated records arrived in
+        write_partition(store, hour, records)
+    return summary
+
+
+def _spanning(keys: list[set[Key]], ties: list[tuple[Key, ...]]) -> set[Key]:
+    """Keys touched by more than one range, and every key tied to one of
+    them by a line, transitively."""
+    seen: set[Key] = set()
+    found: set[Key] = set()
+    for part in keys:
+        found |= seen & part
+        seen |= part
+    neighbours: defaultdict[Key, set[Key]] = defaultdict(set)
+    for tie in ties:
+        for key in tie:
+            neighbours[key].update(tie)
+    todo = [key for key in found if key in neighbours]
+    while todo:
+        for other in neighbours[todo.pop()]:
+            if other not in found:
+                found.add(other)
+                todo.append(other)
+    return found
+
+
+def _recorrelate(
+    runs: list[list[Segment]], numbers: list[list[int]], settings: Settings, tz: str | None, mta: str
+) -> list[TrackingRecord]:
+    """Correlate the spanning keys' lines, read again, in log order."""
+
+    def picked() -> Iterator[tuple[str, str]]:
+        for run, wanted in zip(runs, numbers, strict=True):
+            todo = iter(wanted)
+            next_wanted = next(todo, None)
+            for n, (path, text) in enumerate(_lines(run), 1):
+                if next_wanted is None:
+                    break
+                if n == next_wanted:
+                    yield path, text
+                    next_wanted = next(todo, None)
+
+    correlator, collected, *_ = _correlate(picked(), settings, tz, mta)
+    correlator.flush(durable=False)
+    return collected.records
