@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import operator
 import os
 import time
 import traceback
@@ -112,12 +113,11 @@ def _line_start(paths: list[str], sizes: list[int], at: int) -> int:
     return offset
 
 
-def _lines(run: list[Segment]) -> Iterator[tuple[str, str]]:
-    """(path, line) for every line of a run, in order."""
+def _blocks(run: list[Segment]) -> Iterator[tuple[str, list[str]]]:
+    """(path, lines) for every block of a run, in order."""
     for path, start, end in run:
         for block in blocks_between(path, start, end):
-            for text in block:
-                yield path, text
+            yield path, block
 
 
 def write_partition(store: Path, part: str, records: list[TrackingRecord]) -> None:
@@ -162,35 +162,41 @@ class _Collected:
         pass
 
 
-def _correlate(lines: Iterable[tuple[str, str]], settings: Settings, tz: str | None, mta: str):  # type: ignore[no-untyped-def]
-    """Correlate ``lines`` from nothing; also say which line numbers touched
-    which keys. (correlator, kinds, line count, lines per key, ties)"""
+def _correlate(blocks: Iterable[tuple[str, list[str]]], settings: Settings, tz: str | None, mta: str):  # type: ignore[no-untyped-def]
+    """Correlate the lines of ``blocks`` from nothing; also say which line
+    numbers touched which keys. (correlator, collected records, kinds, line
+    count, line numbers per key, ties)"""
     store = _Collected()
     correlator = Correlator(store, settings)  # type: ignore[arg-type]
     touched: list[Key] = []
     correlator.on_touch = touched.append
+    apply = correlator.apply
     lines_of: defaultdict[Key, list[int]] = defaultdict(list)
     ties: list[tuple[Key, ...]] = []
     kinds: Counter = Counter()
     zone = ZoneInfo(tz) if tz else None
     contexts: dict[str, Context] = {}
     n = 0
-    for path, text in lines:
+    for path, block in blocks:
         ctx = contexts.get(path)
         if ctx is None:
             ref = reference_time(path)
             ctx = contexts[path] = Context(tz=zone, reference=ref) if zone else Context(reference=ref)
-        ev = parse(text, ctx, mta)
-        n += 1
-        kinds[ev.kind] += 1
-        correlator.apply(ev)
-        if touched:
-            for key in touched:
-                lines_of[key].append(n)
-            if len(touched) > 1:
-                ties.append(tuple(touched))
-            touched.clear()
+        events = [parse(text, ctx, mta) for text in block]
+        kinds.update(map(_KIND, events))
+        for ev in events:
+            n += 1
+            apply(ev)
+            if touched:
+                for key in touched:
+                    lines_of[key].append(n)
+                if len(touched) > 1:
+                    ties.append(tuple(touched))
+                touched.clear()
     return correlator, store, kinds, n, lines_of, ties
+
+
+_KIND = operator.attrgetter("kind")
 
 
 def _range_process(
@@ -199,7 +205,7 @@ def _range_process(
     """One range, through the three rounds (see the module docstring)."""
     try:
         with gc_paused():
-            correlator, collected, kinds, n, lines_of, ties = _correlate(_lines(run), settings, tz, mta)
+            correlator, collected, kinds, n, lines_of, ties = _correlate(_blocks(run), settings, tz, mta)
             conn.send(_Correlated(n, kinds, set(lines_of), ties))
 
             spanning: set[Key] = conn.recv()
@@ -340,16 +346,14 @@ def _recorrelate(
 ) -> list[TrackingRecord]:
     """Correlate the spanning keys' lines, read again, in log order."""
 
-    def picked() -> Iterator[tuple[str, str]]:
+    def picked() -> Iterator[tuple[str, list[str]]]:
         for run, wanted in zip(runs, numbers, strict=True):
-            todo = iter(wanted)
-            next_wanted = next(todo, None)
-            for n, (path, text) in enumerate(_lines(run), 1):
-                if next_wanted is None:
+            chosen, last, n = set(wanted), max(wanted, default=0), 0
+            for path, block in _blocks(run):
+                if n >= last:
                     break
-                if n == next_wanted:
-                    yield path, text
-                    next_wanted = next(todo, None)
+                yield path, [text for i, text in enumerate(block, n + 1) if i in chosen]
+                n += len(block)
 
     correlator, collected, *_ = _correlate(picked(), settings, tz, mta)
     correlator.flush(durable=False)

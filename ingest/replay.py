@@ -9,6 +9,7 @@ Running it twice gives the same store: applying an event is idempotent.
 
 from __future__ import annotations
 
+import operator
 import re
 import sys
 import time
@@ -23,12 +24,13 @@ from parsers import Context, Kind, parse
 
 from .bulk import gc_paused
 from .correlator import Correlator, Settings
-from .sources import lines, reference_time
+from .sources import line_blocks, reference_time
 from .store import Store
 
-#: Records are handed to the store every this many lines.
-BATCH = 50_000
+#: Records are handed to the store once this many have changed.
+BATCH = 10_000
 
+_KIND = operator.attrgetter("kind")
 _ROTATED = re.compile(r"^(?P<base>.+?)(?:\.(?P<num>\d+)|-(?P<date>\d{8}(?:\d{2})?))?(?P<ext>\.(?:gz|bz2|xz))?$")
 
 
@@ -126,12 +128,13 @@ def _replay_files(
         try:
             ref = reference_time(path)
             ctx = Context(tz=zone, reference=ref) if zone else Context(reference=ref)
-            for text in lines(path):
-                ev = parse(text, ctx, mta)
-                summary.lines += 1
-                summary.kinds[ev.kind] += 1
-                correlator.apply(ev)
-                if summary.lines % BATCH == 0:
+            for block in line_blocks(path):
+                events = [parse(text, ctx, mta) for text in block]
+                summary.kinds.update(map(_KIND, events))
+                for ev in events:
+                    correlator.apply(ev)
+                summary.lines += len(events)
+                if correlator.pending >= BATCH:
                     correlator.flush(durable=False)
                     bar.update(path, summary.lines)
         except OSError as exc:

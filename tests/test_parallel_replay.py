@@ -73,7 +73,7 @@ def test_generated_log_with_spanning_messages(tmp_path: Path, generated: Path, j
     assert got == want
     # the cuts did fall inside messages: some keys had to be correlated again
     runs = parallel.cut([str(generated)], jobs)
-    touched = [parallel._correlate(parallel._lines(run), SETTINGS, None, "auto")[4] for run in runs]
+    touched = [parallel._correlate(parallel._blocks(run), SETTINGS, None, "auto")[4] for run in runs]
     assert len(runs) == jobs and parallel._spanning([set(t) for t in touched], [])
 
 
@@ -95,7 +95,7 @@ def test_cut_gives_every_line_once_on_line_boundaries(tmp_path: Path) -> None:
     want = [text for f in files for text in lines(str(f))]
     for parts in (1, 2, 3, 8, 40):
         runs = parallel.cut([str(f) for f in files], parts)
-        assert [text for run in runs for _, text in parallel._lines(run)] == want, parts
+        assert [text for run in runs for _, block in parallel._blocks(run) for text in block] == want, parts
 
 
 def test_spanning_keys_are_closed_under_ties() -> None:
