@@ -35,7 +35,6 @@ are inherited, not rebuilt or sent.
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
 import operator
 import os
@@ -54,15 +53,13 @@ from .bulk import gc_paused
 from .correlator import Correlator, Settings
 from .records import TrackingRecord
 from .replay import Summary, order_logs
-from .sources import OPENERS, blocks_between, reference_time
+from .sources import OPENERS, Segment, blocks_between, cut, reference_time
 from .tinystore import RECORDS_TABLE, TinyStore, _write_table, partition_of
 
 #: Below this many bytes of log, forking and the rounds cost more than they save.
 SPREAD_FROM = 16 * 1024 * 1024
 
 Key = tuple[str, str]
-#: A piece of one file: path, first byte, end byte.
-Segment = tuple[str, int, int]
 
 
 def spreadable(paths: list[str], jobs: int) -> bool:
@@ -73,44 +70,6 @@ def spreadable(paths: list[str], jobs: int) -> bool:
         return sum(os.path.getsize(p) for p in paths) >= SPREAD_FROM
     except OSError:
         return False  # the sequential replay reports the file that is missing
-
-
-def cut(paths: list[str], parts: int) -> list[list[Segment]]:
-    """The files, in order, as up to ``parts`` runs of whole lines of about
-    equal size; each run is one or more segments of consecutive files."""
-    sizes = [os.path.getsize(p) for p in paths]
-    total = sum(sizes)
-    starts = [0]
-    for i in range(1, parts):
-        starts.append(max(_line_start(paths, sizes, total * i // parts), starts[-1]))
-    starts.append(total)
-    runs = []
-    for a, b in itertools.pairwise(starts):
-        if b <= a:
-            continue
-        run, offset = [], 0
-        for path, size in zip(paths, sizes, strict=True):
-            lo, hi = max(a, offset), min(b, offset + size)
-            if lo < hi:
-                run.append((path, lo - offset, hi - offset))
-            offset += size
-        runs.append(run)
-    return runs
-
-
-def _line_start(paths: list[str], sizes: list[int], at: int) -> int:
-    """The first line start at or after ``at`` in the files laid end to end."""
-    offset = 0
-    for path, size in zip(paths, sizes, strict=True):
-        if at < offset + size:
-            if at == offset:
-                return at
-            with open(path, "rb") as f:
-                f.seek(at - offset - 1)
-                f.readline()  # to the end of the line holding the byte before ``at``
-                return offset + f.tell()
-        offset += size
-    return offset
 
 
 def _blocks(run: list[Segment]) -> Iterator[tuple[str, list[str]]]:

@@ -102,18 +102,52 @@ def reference_time(path: str) -> datetime:
     return datetime.fromtimestamp(os.stat(path).st_mtime, UTC)
 
 
+#: A piece of one file: path, first byte, end byte.
+Segment = tuple[str, int, int]
+
+
+def cut(paths: list[str], parts: int) -> list[list[Segment]]:
+    """Plain files, laid end to end, cut into up to ``parts`` runs of whole
+    lines of about equal size, so that each can be read by another process;
+    a run is one or more segments of consecutive files."""
+    sizes = [os.path.getsize(p) for p in paths]
+    total = sum(sizes)
+    starts = [0]
+    for i in range(1, parts):
+        starts.append(max(_line_start(paths, sizes, total * i // parts), starts[-1]))
+    starts.append(total)
+    runs = []
+    for a, b in itertools.pairwise(starts):
+        if b <= a:
+            continue
+        run, offset = [], 0
+        for path, size in zip(paths, sizes, strict=True):
+            lo, hi = max(a, offset), min(b, offset + size)
+            if lo < hi:
+                run.append((path, lo - offset, hi - offset))
+            offset += size
+        runs.append(run)
+    return runs
+
+
+def _line_start(paths: list[str], sizes: list[int], at: int) -> int:
+    """The first line start at or after ``at`` in the files laid end to end."""
+    offset = 0
+    for path, size in zip(paths, sizes, strict=True):
+        if at < offset + size:
+            if at == offset:
+                return at
+            with open(path, "rb") as f:
+                f.seek(at - offset - 1)
+                f.readline()  # to the end of the line holding the byte before ``at``
+                return offset + f.tell()
+        offset += size
+    return offset
+
+
 def byte_ranges(path: str, parts: int) -> list[tuple[int, int]]:
-    """Cut a plain file into up to ``parts`` ranges that begin and end on
-    line boundaries, so that each can be read by another process."""
-    size = os.path.getsize(path)
-    cuts = [0]
-    with open(path, "rb") as f:
-        for i in range(1, parts):
-            f.seek(max(size * i // parts, cuts[-1]))
-            f.readline()  # to the start of the next line
-            cuts.append(min(f.tell(), size))
-    cuts.append(size)
-    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+    """One plain file cut into up to ``parts`` ranges of whole lines."""
+    return [(start, end) for [(_, start, end)] in cut([path], parts)]
 
 
 def blocks_between(path: str, start: int, end: int) -> Iterator[list[str]]:

@@ -18,7 +18,7 @@ import pytest
 from ingest import parallel
 from ingest.correlator import Settings
 from ingest.replay import replay
-from ingest.sources import lines
+from ingest.sources import cut, lines
 from ingest.tinystore import TinyStore
 from server import cli
 
@@ -72,7 +72,7 @@ def test_generated_log_with_spanning_messages(tmp_path: Path, generated: Path, j
     got = spread([str(generated)], tmp_path / "spread", jobs)
     assert got == want
     # the cuts did fall inside messages: some keys had to be correlated again
-    runs = parallel.cut([str(generated)], jobs)
+    runs = cut([str(generated)], jobs)
     touched = [parallel._correlate(parallel._blocks(run), SETTINGS, None, "auto")[4] for run in runs]
     assert len(runs) == jobs and parallel._spanning([set(t) for t in touched], [])
 
@@ -94,7 +94,7 @@ def test_cut_gives_every_line_once_on_line_boundaries(tmp_path: Path) -> None:
         files[-1].write_text(body)
     want = [text for f in files for text in lines(str(f))]
     for parts in (1, 2, 3, 8, 40):
-        runs = parallel.cut([str(f) for f in files], parts)
+        runs = cut([str(f) for f in files], parts)
         assert [text for run in runs for _, block in parallel._blocks(run) for text in block] == want, parts
 
 
