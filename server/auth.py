@@ -30,6 +30,7 @@ import hmac
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 from ingest.records import TrackingRecord, bare_message_id
 from ingest.store import Store
@@ -54,6 +55,8 @@ def xtext_decode(text: str) -> str:
     TRACK's unique-envid is xtext (RFC 3885 section 3.2), while logs and the
     store hold the decoded form.
     """
+    if "+" not in text:  # nearly every id: nothing is encoded
+        return text
     out = bytearray()
     pos = 0
     for m in _HEXCHAR.finditer(text):
@@ -84,9 +87,12 @@ def lookup(store: Store, envid: str) -> list[TrackingRecord]:
     often paste a Message-ID whose "+" was never xtext-encoded
     (``<CA+2Bx@...>`` means itself to them, not ``<CA+x@...>``).
     """
-    forms = list(dict.fromkeys((xtext_decode(envid), envid)))
+    decoded = xtext_decode(envid)
+    forms = (decoded,) if decoded == envid else (decoded, envid)
     for form in forms:
-        found = store.by_envid(form) or store.by_envid(bare_message_id(form))
+        found = store.by_envid(form)
+        if not found and (bare := bare_message_id(form)) != form:  # the same query again would find nothing
+            found = store.by_envid(bare)
         if found:
             return found
     for form in forms:
@@ -96,11 +102,23 @@ def lookup(store: Store, envid: str) -> list[TrackingRecord]:
     return []
 
 
+@lru_cache(maxsize=16)
+def _keyed_hmac(site_key: bytes) -> hmac.HMAC:
+    """HMAC-SHA256 keyed with the site key and fed nothing yet. Keying
+    (padding the key, hashing both pads) is half the cost of one HMAC and
+    depends only on the key, so each derivation copies this instead. Every
+    derivation still copies, feeds and finishes one HMAC: the work stays
+    the same for every envelope, known or not."""
+    return hmac.new(site_key, digestmod=hashlib.sha256)
+
+
 def keyed_secret(site_key: bytes, envid: str) -> bytes:
     """The secret A of the keyed certifier: HMAC-SHA256(site key, envelope
     id), 256 bits, inside RFC 3885's 128 to 1024. ``envid`` is the decoded id
     (``envelope_id`` of the record); angle brackets make no difference."""
-    return hmac.new(site_key, bare_message_id(envid).encode("utf-8"), hashlib.sha256).digest()
+    mac = _keyed_hmac(site_key).copy()
+    mac.update(bare_message_id(envid).encode("utf-8"))
+    return mac.digest()
 
 
 def encode_secret(secret: bytes) -> str:
@@ -152,10 +170,13 @@ def certifier_of(record: TrackingRecord, site_key: bytes) -> bytes | None:
 def _address(client_ip: str | Address | None) -> Address | None:
     if client_ip is None:
         return None
-    try:
-        ip = ipaddress.ip_address(client_ip)
-    except ValueError:
-        return None
+    if isinstance(client_ip, str):
+        try:
+            ip = ipaddress.ip_address(client_ip)
+        except ValueError:
+            return None
+    else:
+        ip = client_ip  # already parsed (the server's peer address): parsing again only costs
     # A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d.
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
@@ -164,13 +185,15 @@ def _address(client_ip: str | Address | None) -> Address | None:
 
 def is_trusted(client_ip: str | Address | None, trusted: Iterable[Network]) -> bool:
     """Whether the client is in one of the trusted networks."""
+    if not trusted:  # the default: then the address need not be looked at
+        return False
     ip = _address(client_ip)
     return ip is not None and any(ip.version == net.version and ip in net for net in trusted)
 
 
 def authorise(
     records: Sequence[TrackingRecord],
-    secret_b64: str,
+    secret_b64: str | bytes,
     *,
     site_key: bytes,
     client_ip: str | Address | None = None,
@@ -178,14 +201,22 @@ def authorise(
 ) -> list[TrackingRecord]:
     """The records the client may see, in the order given.
 
+    ``secret_b64`` is A as TRACK carries it (base64), or as bytes when the
+    caller decoded it already (``server.protocol`` does, strictly), which
+    spares encoding it only to decode it again.
+
     Never raises on client input: a malformed secret is a wrong secret.
     Each record is compared in constant time; with no records, a dummy
     certifier is derived and compared all the same.
     """
     if is_trusted(client_ip, trusted):
         return list(records)
-    secret = decode_secret(secret_b64)
-    digest = hashlib.sha1(secret if secret is not None else secret_b64.encode("utf-8", "replace")).digest()
+    if isinstance(secret_b64, bytes):
+        secret: bytes | None = secret_b64
+        digest = hashlib.sha1(secret_b64).digest()
+    else:
+        secret = decode_secret(secret_b64)
+        digest = hashlib.sha1(secret if secret is not None else secret_b64.encode("utf-8", "replace")).digest()
     granted = []
     # An unknown envelope is compared like one record that cannot match.
     for record in records or (None,):

@@ -12,9 +12,10 @@ What a slow or hostile client can cost, and why each limit is where it is:
 
 * The inactivity timer (RFC 2.5: at least 10 minutes, reset by "the
   receipt of any command") is a deadline that only a complete command line
-  moves. Bytes alone do not: a client that trickles a byte a second never
-  completes a line and is closed when the deadline passes, and so is one
-  that stops reading our answers (the write blocks under the same scope).
+  moves (lazily, see ``IDLE_SLACK``). Bytes alone do not: a client that
+  trickles a byte a second never completes a line and is closed when the
+  deadline passes, and so is one that stops reading our answers (the write
+  blocks under the same scope).
   The 10-minute floor is the command line's to enforce; tests go below it.
 * Concurrent connections are capped. RFC section 3 gives the server a
   negative greeting for this, so an excess connection is accepted, told
@@ -32,6 +33,16 @@ What a slow or hostile client can cost, and why each limit is where it is:
   answers to a pipelined group are written together, but never more than
   ``SEND_CHUNK`` octets are held before a write.
 
+Plain TCP is read and written on the socket's descriptor (``_PlainIO``)
+rather than through ``trio.SocketStream``: a TRACK costs the shell one
+wait for input and two system calls, without the stream's per-call
+wrappers and the failed read that precedes every wait. Every read still
+waits first, so the loop checkpoints (and can be cancelled, and lets
+other connections run) once per read whatever the client does. After
+STARTTLS the session reads and writes the ``trio.SSLStream`` instead.
+Answers wait one scheduler pass before they are written, so that the
+answers of many connections go out together (``_send_batched``).
+
 Nothing a client sends raises out of a connection's task: a broken or
 reset connection, a failed handshake or a timeout is logged and closed. An
 exception from anything else is a bug of this server; it is logged with its
@@ -47,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -55,7 +67,7 @@ import trio
 
 from ingest.store import Store
 
-from .auth import Address, Network, authorise, encode_secret, lookup
+from .auth import Address, Network, authorise, lookup
 from .protocol import (
     BadCommand,
     Comment,
@@ -82,6 +94,11 @@ RECEIVE_SIZE = 16384
 SEND_CHUNK = 65536
 #: How long an orderly close waits for the client to take the last answer.
 LINGER = 2.0
+#: The inactivity deadline is moved at most once per this fraction of the
+#: timeout: the connection closes between ``timeout`` and ``timeout * (1 +
+#: IDLE_SLACK)`` after the last command, never earlier, and a busy
+#: connection does not reschedule its deadline on every command.
+IDLE_SLACK = 1 / 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +258,60 @@ def _peer(stream: trio.SocketStream) -> Address | None:
         return None
 
 
+class _PlainIO:
+    """Reads and writes of a plain TCP connection, on its descriptor.
+
+    ``os.read``/``os.write`` are recv/send without flags on a socket; trio
+    put it in non-blocking mode, and Python ignores SIGPIPE, so a closed
+    peer is an ``OSError`` here, reported as trio's ``BrokenResourceError``
+    like ``SocketStream`` reports it. A read always waits for readiness
+    first: it is the session loop's checkpoint."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.fd = stream.socket.fileno()
+
+    async def receive(self) -> bytes:
+        while True:
+            await trio.lowlevel.wait_readable(self.fd)
+            try:
+                return os.read(self.fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                continue  # a spurious wakeup
+            except OSError as exc:
+                raise trio.BrokenResourceError(exc) from exc
+
+    async def send(self, data: bytes | bytearray) -> None:
+        """All of ``data``; waits (under the session's deadline) only when
+        the client's window is full. The rest after a partial write is a
+        copy, not a memoryview: a view would keep the caller's bytearray
+        from being cleared for reuse."""
+        pos = 0
+        while pos < len(data):
+            try:
+                pos += os.write(self.fd, data[pos:] if pos else data)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.fd)
+            except OSError as exc:
+                raise trio.BrokenResourceError(exc) from exc
+
+
+class _StreamIO:
+    """Reads and writes through a trio stream (TLS)."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+
+    async def receive(self) -> bytes:
+        return await self.stream.receive_some(RECEIVE_SIZE)
+
+    async def send(self, data: bytes | bytearray) -> None:
+        await self.stream.send_all(data)
+
+
 class _Session:
     """The state of one connection: its stream (plain, then TLS), its
     protocol core and its inactivity deadline."""
@@ -248,13 +319,23 @@ class _Session:
     def __init__(self, server: Server, stream: trio.SocketStream) -> None:
         self.server = server
         self.stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = stream
+        # os.read/os.write on a socket descriptor are a POSIX thing.
+        self.io: _PlainIO | _StreamIO = _PlainIO(stream) if os.name == "posix" else _StreamIO(stream)
         self.conn = Connection()
         self.peer = _peer(stream)
         self.idle = trio.CancelScope()
 
     async def send(self, data: bytes | bytearray) -> None:
         if data:
-            await self.stream.send_all(data)
+            await self.io.send(data)
+
+    def _touch(self) -> None:
+        """A command arrived: the connection may now stay idle for the
+        whole timeout again (see ``IDLE_SLACK``)."""
+        timeout = self.server.limits.timeout
+        due = trio.current_time() + timeout
+        if due > self.idle.deadline:
+            self.idle.deadline = due + timeout * IDLE_SLACK
 
     async def run(self) -> bool:
         """The conversation, under the inactivity deadline. True when it
@@ -272,7 +353,7 @@ class _Session:
             return True
         await self.send(self.conn.send_greeting(self.server.options))
         while True:
-            self.conn.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
+            self.conn.receive_data(await self.io.receive())
             if not await self._answer_buffered():
                 return True
 
@@ -290,7 +371,7 @@ class _Session:
             if isinstance(event, ConnectionClosed):
                 await self.send(out)
                 return False
-            self.idle.deadline = trio.current_time() + limits.timeout
+            self._touch()
             if counters.commands > limits.max_commands:
                 out += self._over_allowance(event)
                 log.info("%s: %d commands, closing", self.peer, limits.max_commands)
@@ -313,8 +394,22 @@ class _Session:
             if len(out) >= SEND_CHUNK:
                 await self.send(out)
                 out.clear()
-        await self.send(out)
+        if out:
+            await self._send_batched(out)
         return True
+
+    async def _send_batched(self, data: bytes | bytearray) -> None:
+        """Write an answer one scheduler pass later: every connection
+        whose command arrived in the same pass answers first, then all
+        write, back to back. Clients woken by those writes find several
+        answers at once, and their next commands arrive together, so both
+        ends do their per-wakeup work (epoll, scheduling) once per batch
+        instead of once per command (tests/bench: about a quarter less CPU
+        per TRACK in the server, a third less in the load generator). It
+        costs one pass of latency; the answer is already computed, so the
+        pass is shielded from cancellation."""
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        await self.send(data)
 
     def _answer(self, event: Track | Comment | Quit | BadCommand) -> bytes:
         if isinstance(event, BadCommand):
@@ -342,7 +437,7 @@ class _Session:
         records = lookup(server.store, event.envid)
         granted = authorise(
             records,
-            encode_secret(event.secret),
+            event.secret,
             site_key=server.site_key,
             client_ip=self.peer,
             trusted=server.trusted,
@@ -359,6 +454,7 @@ class _Session:
         the session starts over with a new greeting (section 6.2)."""
         tls = trio.SSLStream(self.stream, identity.context, server_side=True)
         self.stream = tls
+        self.io = _StreamIO(tls)
         with trio.fail_after(self.server.limits.handshake_timeout):
             await tls.do_handshake()
         self.conn.tls_established()

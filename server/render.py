@@ -39,7 +39,7 @@ from functools import lru_cache
 
 from ingest.records import TrackingRecord
 from ingest.store import Store
-from ingest.view import RecipientView, origins, recipients
+from ingest.view import RecipientView, recipients
 
 from .auth import envelope_id
 
@@ -161,11 +161,21 @@ def _fold(line: str) -> list[str]:
     return out
 
 
-def _fields(pairs: list[tuple[str, str]]) -> list[str]:
-    return [line for name, value in pairs for line in _fold(f"{name}: {value}")]
+def _joined(lines: list[str]) -> str:
+    """Header-field lines, each folded where it must be, CRLF-joined
+    (without a final CRLF). Nearly every field is short: they are checked
+    all at once, and folded one by one only when one is not."""
+    if max(map(len, lines)) <= FOLD_AT:
+        return CRLF.join(lines)
+    return CRLF.join(piece for line in lines for piece in _fold(line))
 
 
-@dataclass(frozen=True, slots=True)
+# _Block and _Names are never changed once made; they are not frozen only
+# because a frozen dataclass's __init__ costs three times as much, and a
+# _Block is made for every recipient of every answer.
+
+
+@dataclass(slots=True)
 class _Block:
     """One per-recipient group: ``original`` as the sender gave it (from the
     first hop, when downstream blocks are combined into an upstream part),
@@ -176,7 +186,7 @@ class _Block:
     record: TrackingRecord
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Names:
     """How hosts are named in one answer.
 
@@ -190,7 +200,8 @@ class _Names:
     home: str
     reporting_mta: str
     hide: bool
-    #: Hosts (lower case) of the records in this answer and of their next hops.
+    #: Hosts (lower case) of the records in this answer and of their next
+    #: hops; only filled in when hiding, the one case that reads it.
     held: frozenset[str]
 
     def reporter(self, record: TrackingRecord) -> str:
@@ -226,70 +237,100 @@ class _Names:
 
 
 def _names(home: str, reporting_mta: str, hide: bool, parts: list[tuple[TrackingRecord, list[_Block]]]) -> _Names:
+    if not hide:  # only hiding asks which hosts are held (``internal``)
+        return _Names(home, reporting_mta, hide, frozenset())
     held = {record.host.lower() for record, _ in parts}
     held |= {b.view.next_record.host.lower() for _, blocks in parts for b in blocks if b.view.next_record is not None}
     return _Names(home, reporting_mta, hide, frozenset(held))
 
 
-def _recipient_fields(b: _Block, names: _Names) -> list[tuple[str, str]]:
-    """RFC 3886 section 3.3, in its ABNF's order."""
+def _recipient_fields(b: _Block, names: _Names) -> str:
+    """RFC 3886 section 3.3, in its ABNF's order, CRLF-joined."""
     v = b.view
-    fields = [
-        ("Original-Recipient", _address(b.original)),
-        ("Final-Recipient", _address(v.final)),
-        ("Action", v.action),
-        ("Status", _status(v.action, v.status)),
+    action = v.action
+    lines = [
+        f"Original-Recipient: {_address(b.original)}",
+        f"Final-Recipient: {_address(v.final)}",
+        f"Action: {action}",
+        f"Status: {_status(action, v.status)}",
     ]
+    # Section 3.3.5: no Remote-MTA before the first attempt (remote() says None).
     remote = names.remote(v)
     if remote is not None:
-        fields.append(("Remote-MTA", f"dns; {_text(remote)}"))
+        lines.append(f"Remote-MTA: dns; {_text(remote)}")
     # Section 3.3.6: REQUIRED once an attempt was made, MUST NOT before. An
     # expansion's is its members' last (ingest.view): they were attempts.
     if v.last_attempt is not None:
-        fields.append(("Last-Attempt-Date", _date(v.last_attempt)))
+        lines.append(f"Last-Attempt-Date: {_date(v.last_attempt)}")
     # Section 3.3.7: only while the message is in the local queue; RFC 3464
     # section 2.3.9: only for "delayed".
-    if v.action == "delayed" and b.record.queued and v.will_retry_until is not None:
-        fields.append(("Will-Retry-Until", _date(v.will_retry_until)))
-    return fields
+    if action == "delayed" and b.record.queued and v.will_retry_until is not None:
+        lines.append(f"Will-Retry-Until: {_date(v.will_retry_until)}")
+    return _joined(lines)
 
 
 def _content(record: TrackingRecord, blocks: list[_Block], names: _Names) -> str:
     """RFC 3886 section 3.1: tracking-status-content = per-message-fields
     1*(CRLF per-recipient-fields)."""
-    pairs = []
+    fields = []
     ident = envelope_id(record)
     if ident is not None:
-        pairs.append(("Original-Envelope-Id", _text(ident)))
-    pairs.append(("Reporting-MTA", f"dns; {_text(names.reporter(record))}"))
-    pairs.append(("Arrival-Date", _date(record.arrival)))
-    lines = _fields(pairs)
+        fields.append(f"Original-Envelope-Id: {_text(ident)}")
+    fields.append(f"Reporting-MTA: dns; {_text(names.reporter(record))}")
+    fields.append(f"Arrival-Date: {_date(record.arrival)}")
+    out = [_joined(fields)]
     for b in blocks:
-        lines.append("")
-        lines += _fields(_recipient_fields(b, names))
-    return CRLF.join(lines) + CRLF
+        out += ("", _recipient_fields(b, names))
+    out.append("")
+    return CRLF.join(out)
 
 
-def _own_blocks(record: TrackingRecord, store: Store) -> list[_Block]:
+#: The recipient views of the records of one answer, by record id.
+_Views = dict[str, list[RecipientView]]
+
+
+def _views(record: TrackingRecord, store: Store, memo: _Views) -> list[RecipientView]:
+    """``ingest.view.recipients``, once per record and answer: a relayed
+    recipient costs a store lookup for its next hop, and an answer needs the
+    views both to find where the message started and for its parts."""
+    views = memo.get(record.rid)
+    if views is None:
+        views = memo[record.rid] = recipients(record, store)
+    return views
+
+
+def _origins(records: Sequence[TrackingRecord], store: Store, memo: _Views) -> list[TrackingRecord]:
+    """``ingest.view.origins`` from the views: the records that no other of
+    them handed the message to (an expansion's members count one by one)."""
+    reached = set()
+    for record in records:
+        for v in _views(record, store, memo):
+            for m in v.members or (v,):
+                if m.next_record is not None:
+                    reached.add(m.next_record.rid)
+    return [r for r in records if r.rid not in reached]
+
+
+def _own_blocks(record: TrackingRecord, store: Store, memo: _Views) -> list[_Block]:
     """One block per original recipient; an expansion is one ``expanded``
     block and nothing of its members (RFC 3886 section 4.2)."""
-    return [_Block(v.original, v, record) for v in recipients(record, store)]
+    return [_Block(v.original, v, record) for v in _views(record, store, memo)]
 
 
 def tracking_status(record: TrackingRecord, store: Store, *, reporting_mta: str, hide_internal: bool = False) -> str:
     """The message/tracking-status content for one record, as its
     ``reporting_mta`` reports it: the body of one part, without headers."""
-    blocks = _own_blocks(record, store)
+    blocks = _own_blocks(record, store, {})
     names = _names(record.host, reporting_mta, hide_internal, [(record, blocks)])
     return _content(record, blocks, names)
 
 
-def _combined_blocks(record: TrackingRecord, store: Store, seen: set[str]) -> list[_Block]:
+def _combined_blocks(record: TrackingRecord, store: Store, seen: set[str], memo: _Views) -> list[_Block]:
     """The record's blocks with each transfer replaced by the blocks of the
     record it went to (RFC 3887 example #11), keeping the sender's original
     recipient. A record reached twice in one chain (a loop) stays a plain
     ``transferred`` block."""
-    views = recipients(record, store)
+    views = _views(record, store, memo)
     upstream = {v.final.lower(): v.original for v in views if v.next_record is not None}
     taken: set[str] = set()
     out = []
@@ -302,7 +343,7 @@ def _combined_blocks(record: TrackingRecord, store: Store, seen: set[str]) -> li
             continue
         seen.add(nxt.rid)
         taken.add(nxt.rid)
-        for b in _combined_blocks(nxt, store, seen):
+        for b in _combined_blocks(nxt, store, seen, memo):
             out.append(_Block(upstream.get(b.original.lower(), b.original), b.view, b.record))
     return out
 
@@ -310,7 +351,8 @@ def _combined_blocks(record: TrackingRecord, store: Store, seen: set[str]) -> li
 def _parts(records: Sequence[TrackingRecord], store: Store, combine: bool) -> list[tuple[TrackingRecord, list[_Block]]]:
     """The records of an answer, each once, where the message started first,
     every chained record right after the one that handed the message on."""
-    starts = [*origins(list(records), store), *records]
+    memo: _Views = {}
+    starts = [*_origins(records, store, memo), *records]
     seen: set[str] = set()
     parts = []
     for start in starts:
@@ -321,12 +363,28 @@ def _parts(records: Sequence[TrackingRecord], store: Store, combine: bool) -> li
                 continue
             seen.add(record.rid)
             if combine:
-                parts.append((record, _combined_blocks(record, store, seen)))
+                parts.append((record, _combined_blocks(record, store, seen, memo)))
                 continue
-            blocks = _own_blocks(record, store)
+            blocks = _own_blocks(record, store, memo)
             parts.append((record, blocks))
             stack += reversed([b.view.next_record for b in blocks if b.view.next_record is not None])
     return parts
+
+
+def _multipart_head() -> tuple[str, str]:
+    """The answer's Content-Type field, folded, as the text before and after
+    its boundary. Every boundary is "mtqp-" and 32 hex digits: one token of
+    one length, so the field folds the same way whatever the boundary is,
+    and is folded once, here, around a stand-in."""
+    stand_in = "mtqp-" + "0" * 32
+    head = CRLF.join(_fold(f'Content-Type: multipart/related; boundary="{stand_in}"; type="{TRACKING_STATUS}"'))
+    before, after = head.split(stand_in)
+    return before, after + CRLF + CRLF
+
+
+_HEAD_BEFORE, _HEAD_AFTER = _multipart_head()
+#: What follows each delimiter: the part's own header, then a blank line.
+_PART_HEAD = f"{CRLF}Content-Type: {TRACKING_STATUS}{CRLF}{CRLF}"
 
 
 def tracking_response(
@@ -354,9 +412,8 @@ def tracking_response(
     names = _names(parts[0][0].host, reporting_mta, hide_internal, parts)
     bodies = [_content(record, blocks, names) for record, blocks in parts]
     boundary = "mtqp-" + hashlib.sha256(CRLF.join(bodies).encode("ascii")).hexdigest()[:32]
-    head = _fold(f'Content-Type: multipart/related; boundary="{boundary}"; type="{TRACKING_STATUS}"')
-    out = [CRLF.join(head) + CRLF + CRLF]
+    out = [_HEAD_BEFORE, boundary, _HEAD_AFTER]
     for body in bodies:
-        out.append(f"--{boundary}{CRLF}Content-Type: {TRACKING_STATUS}{CRLF}{CRLF}{body}{CRLF}")
-    out.append(f"--{boundary}--{CRLF}")
+        out += ("--", boundary, _PART_HEAD, body, CRLF)
+    out += ("--", boundary, "--", CRLF)
     return "".join(out)

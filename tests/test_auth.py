@@ -83,6 +83,16 @@ def test_keyed_secret_is_hmac_sha256_of_the_envelope_id_within_rfc3885_bounds() 
     assert keyed_secret(b"another site key", "m1@example.com") != a
 
 
+def test_keyed_secret_from_the_reused_keyed_hmac_is_a_fresh_hmac_every_time() -> None:
+    """The keyed HMAC is made once per key and copied: no derivation may
+    see what an earlier one fed it, whatever the order of keys and ids."""
+    keys = [KEY, b"another site key", KEY + b"x" * 80]  # the last longer than SHA-256's block
+    for _ in range(2):
+        for key in keys:
+            for ident in ("m1@example.com", "m2@example.com", "m1@example.com"):
+                assert keyed_secret(key, ident) == hmac.new(key, ident.encode(), hashlib.sha256).digest()
+
+
 def test_keyed_certifier_is_sha1_of_the_keyed_secret() -> None:
     rec = record()
     assert certifier_of(rec, KEY) == hashlib.sha1(keyed_secret(KEY, "m1@example.com")).digest()
@@ -178,10 +188,21 @@ def test_unknown_envelope_and_wrong_secret_cost_the_same_work(monkeypatch: pytes
         calls.clear()
         assert authorise(records, wrong, site_key=KEY) == []
         work.append(list(calls))
+        calls.clear()
+        assert authorise(records, b"\x00" * 32, site_key=KEY) == []  # decoded already, as the server passes it
+        work.append(list(calls))
     calls.clear()
     authorise([], "%%% malformed", site_key=KEY)
     work.append(list(calls))
     assert all(w == ["hmac", "compare 20 20"] for w in work), work
+
+
+@pytest.mark.parametrize("envid", ["m1@example.com", "envelope-7@example.com"])
+def test_a_decoded_secret_is_authorised_as_its_base64_form_is(envid: str) -> None:
+    recs = [record(envid="envelope-7@example.com"), record("Q2")]
+    a = keyed_secret(KEY, envid)
+    assert authorise(recs, a, site_key=KEY) == authorise(recs, encode_secret(a), site_key=KEY) != []
+    assert authorise(recs, a[:-1], site_key=KEY) == authorise(recs, encode_secret(a[:-1]), site_key=KEY) == []
 
 
 def test_secret_with_or_without_padding() -> None:

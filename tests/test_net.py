@@ -34,7 +34,7 @@ from ingest.replay import replay
 from ingest.tinystore import TinyStore
 from server import serve
 from server.auth import encode_secret, keyed_secret
-from server.net import Identity, Limits, Server
+from server.net import IDLE_SLACK, Identity, Limits, Server
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 SITE_KEY = bytes(range(32))
@@ -491,6 +491,70 @@ def test_commands_reset_the_inactivity_timer(store: TinyStore) -> None:
         assert await c.eof()  # then nothing for a second
 
     serving(make_server(store, limits=Limits(timeout=1.0)), client)
+
+
+def test_the_inactivity_timer_runs_the_whole_timeout_from_the_last_command(store: TinyStore) -> None:
+    """The deadline is moved lazily (net.IDLE_SLACK): never to less than the
+    timeout after a command, and not much more."""
+    timeout = 1.0
+
+    async def client(port: int) -> None:
+        c = await Client.connect(port)
+        for _ in range(3):
+            await c.send(b"COMMENT\r\n")
+            assert await c.line() == b"+OK\r\n"
+            await trio.sleep(0.9 * timeout)
+        await c.send(b"COMMENT\r\n")
+        assert await c.line() == b"+OK\r\n"
+        last = trio.current_time()
+        assert await c.eof()
+        assert timeout <= trio.current_time() - last < timeout * (1 + IDLE_SLACK) + 0.5
+
+    serving(make_server(store, limits=Limits(timeout=timeout)), client)
+
+
+def test_many_clients_at_once_each_get_their_own_answers_in_order(store: TinyStore) -> None:
+    """Answers are written a scheduler pass late, many connections' together
+    (net._Session._send_batched): none may go to the wrong client, out of
+    order, or be lost."""
+
+    async def one(port: int, n: int) -> None:
+        c = await Client.connect(port)
+        for i in range(10):
+            await c.send(track() + f"COMMENT {n} {i}\r\n".encode() + track(secret="AAAA" * 11))
+            check_tracking(*await c.response())
+            assert await c.line() == b"+OK\r\n"
+            assert await c.response() == (NOINFO, None)
+        await c.send(b"QUIT\r\n")
+        assert await c.line() == b"+OK Goodbye\r\n"
+        assert await c.eof()
+
+    async def client(port: int) -> None:
+        async with trio.open_nursery() as nursery:
+            for n in range(20):
+                nursery.start_soon(one, port, n)
+
+    serving(make_server(store), client)
+
+
+def test_a_slow_reader_gets_every_answer_of_a_long_pipeline_whole(store: TinyStore) -> None:
+    """Answers far beyond the socket buffers go out in partial writes, each
+    resumed where the last one stopped."""
+
+    async def client(port: int) -> None:
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", port))
+        c = Client(trio.SocketStream(sock))
+        assert await c.response() == (GREETING, None)
+        await c.send(track() * 150 + b"QUIT\r\n")
+        for _ in range(150):
+            await trio.sleep(0.001)
+            check_tracking(*await c.response())
+        assert await c.line() == b"+OK Goodbye\r\n"
+        assert await c.eof()
+
+    serving(make_server(store), client)
 
 
 def test_a_client_that_does_not_read_its_answers_is_timed_out(store: TinyStore) -> None:

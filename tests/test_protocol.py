@@ -35,6 +35,7 @@ from server.protocol import (
     _fast_command,
     _grammar_command,
     _wire,
+    body_block,
     body_lines,
     data_block,
     parse_line,
@@ -1240,3 +1241,31 @@ def test_data_block_frames_as_line_by_line(lines: list[bytes]) -> None:
             data_block(lines)
         return
     assert data_block(lines) == expected
+
+
+_CANONICAL_LINE = st.one_of(
+    st.lists(st.sampled_from([b".", b"..", b"a", b" ", b"\x00", b"\t"]), max_size=8).map(b"".join),
+    st.sampled_from([b"x" * 996, b"." + b"x" * 996, b"x" * 997, b"." + b"x" * 997, b"x" * 998]),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.lists(_CANONICAL_LINE, max_size=8).map(lambda lines: b"".join(line + b"\r\n" for line in lines)),
+        st.lists(_FRAMING, max_size=30).map(b"".join),
+        st.lists(st.one_of(_FRAMING, _CANONICAL_LINE), max_size=12).map(b"".join),
+    )
+)
+def test_body_block_frames_as_body_lines_then_data_block(data: bytes) -> None:
+    """The shortcut for canonical bodies (CRLF lines only, as render.py
+    writes them) and the general path agree on every body, or both refuse."""
+    try:
+        expected = data_block(body_lines(data))
+    except LineTooLong:
+        with pytest.raises(LineTooLong):
+            body_block(data)
+        return
+    assert body_block(data) == expected
+    text = data.decode("ascii")  # every sample is ASCII: a str body, as render.py hands one over
+    assert body_block(text) == expected
