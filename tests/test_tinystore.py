@@ -117,6 +117,71 @@ def test_every_field_survives_reopen(tmp_path: Path) -> None:
     again.close()
 
 
+def test_a_partition_is_the_file_tinydb_itself_writes(tmp_path: Path) -> None:
+    made = [full_record(), rec("AAAAA11111", T0 + timedelta(minutes=1)), rec("BBBBB22222", T0 + timedelta(minutes=2))]
+    store = TinyStore(tmp_path / "store")
+    store.put(made)
+    store.set_meta("k", {"offset": 1})
+    store.close()
+    partition = tmp_path / "store" / "records" / "2026-03-01T12.json"
+
+    db = TinyDB(partition)  # plain TinyDB, its own storage
+    docs = db.table("records").all()
+    db.close()
+    assert [d.doc_id for d in docs] == [1, 2, 3]
+    assert [TrackingRecord.from_dict(d) for d in docs] == made
+
+    by_tinydb = TinyDB(tmp_path / "by-tinydb.json")
+    by_tinydb.table("records").insert_multiple(r.to_dict() for r in made)
+    by_tinydb.close()
+    assert json.loads(partition.read_text()) == json.loads((tmp_path / "by-tinydb.json").read_text())
+    assert docs_in(tmp_path / "store" / "meta.json", "meta") == [{"key": "k", "value": {"offset": 1}}]
+
+
+def test_a_store_written_in_the_full_form_opens(tmp_path: Path) -> None:
+    """Older stores spelled out every field (None, empty lists, defaults)."""
+    records = tmp_path / "records"
+    records.mkdir()
+    made = [full_record(), rec("AAAAA11111", T0 + timedelta(minutes=1))]
+    spelled_out = [full_form(r.to_dict()) for r in made]
+    assert "envid" in spelled_out[1] and spelled_out[1]["recipients"][0]["action"] == "delayed"
+    db = TinyDB(records / "2026-03-01T12.json")
+    db.table("records").insert_multiple(spelled_out)
+    db.close()
+
+    store = TinyStore(tmp_path)
+    assert [store.get(r.rid) for r in made] == made
+    assert [r.rid for r in store.by_message_id("a@b")] == [made[0].rid]
+    store.put([rec("BBBBB22222", T0 + timedelta(minutes=2))])
+    store.close()
+    assert "envid" not in docs_in(records / "2026-03-01T12.json")[1]  # rewritten compact
+    assert TinyStore(tmp_path, readonly=True).get(made[1].rid) == made[1]
+
+
+def full_form(d: dict) -> dict:
+    """A record's dict as stores wrote it before the compact form."""
+    record = {
+        **dict.fromkeys(("message_id", "envid", "sender", "size", "client", "certifier", "mtrk_timeout")),
+        **dict.fromkeys(("removed", "last_seen")),
+        "parents": [],
+        "children": [],
+        **d,
+    }
+    recipient = {
+        **dict.fromkeys(("original", "diagnostic", "remote_mta", "last_attempt", "will_retry_until", "next_hop")),
+        "action": "delayed",
+        "status": "4.0.0",
+        "transport": None,
+        "attempts": [],
+    }
+    attempt = dict.fromkeys(("dsn", "remote_mta", "reply"))
+    record["recipients"] = [
+        {**recipient, **x, "attempts": [{**attempt, **a} for a in x.get("attempts", ())]}
+        for x in d.get("recipients", ())
+    ]
+    return record
+
+
 def test_one_tinydb_file_per_utc_hour_of_arrival(tmp_path: Path) -> None:
     plus2 = timezone(timedelta(hours=2))
     a = rec("AAAAA11111", T0)
@@ -132,6 +197,13 @@ def test_one_tinydb_file_per_utc_hour_of_arrival(tmp_path: Path) -> None:
     assert rids_in(records / "2026-03-01T13.json") == [c.rid]
     assert rids_in(records / "2026-03-01T23.json") == [d.rid]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lock", "records"]  # no meta set, no meta.json
+
+
+def test_partition_names_are_the_utc_hour() -> None:
+    plus2 = timezone(timedelta(hours=2))
+    for when in (T0, T0 + timedelta(minutes=59, microseconds=7), datetime(2026, 3, 2, 1, 30, tzinfo=plus2)):
+        assert tinystore.partition_of(when) == when.astimezone(UTC).strftime(tinystore.PARTITION_FORMAT)
+    assert tinystore.partition_of(datetime(2026, 3, 2, 1, 30, tzinfo=plus2)) == "2026-03-01T23"
 
 
 def test_search_walks_the_hours_in_arrival_order(tmp_path: Path) -> None:
@@ -199,9 +271,15 @@ def test_a_record_whose_arrival_moves_changes_partition(tmp_path: Path) -> None:
     assert len(again) == 2 and len(again.by_queue_id("AAAAA11111")) == 1
 
 
-def test_moved_records_are_on_disk_at_every_step_of_a_flush(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fork", [False, True], ids=["one-writer", "forked-writers"])
+def test_moved_records_are_on_disk_at_every_step_of_a_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork: bool
+) -> None:
     """Two records swapping hours in one flush: whichever file write a crash
-    follows, each is in some partition file, and a reader never misses one."""
+    follows, each is in some partition file, and a reader never misses one.
+    With forked writers the check runs in them: one that fails it fails the
+    flush."""
+    forked = forking(monkeypatch) if fork else []
     store = TinyStore(tmp_path)
     reader = TinyStore(tmp_path, readonly=True, refresh_interval=0)
     x = rec("AAAAA11111", T0 + timedelta(minutes=30))
@@ -222,8 +300,12 @@ def test_moved_records_are_on_disk_at_every_step_of_a_flush(tmp_path: Path, monk
         assert reader.get(x.rid) is not None and reader.get(y.rid) is not None, steps
 
     monkeypatch.setattr(tinystore, "_write_table", checked)
+    before = len(forked)
     store.flush()
-    assert len(steps) == 4  # both files with both records, then each with its own
+    if fork:
+        assert len(forked) - before == 2  # one per pass: the second waits for the first
+    else:
+        assert len(steps) == 4  # both files with both records, then each with its own
     assert rids_in(tmp_path / "records" / "2026-03-01T12.json") == [y.rid]
     assert rids_in(tmp_path / "records" / "2026-03-01T13.json") == [x.rid]
     store.close()
@@ -397,6 +479,74 @@ def test_a_failed_write_leaves_the_previous_partition(tmp_path: Path, monkeypatc
     monkeypatch.undo()
     store.close()  # what failed is still dirty, and written now
     assert len(rids_in(partition)) == 2
+
+
+def forking(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make every flush share its partitions out among forked writers, as a
+    large one does; the pids of the writers forked."""
+    monkeypatch.setattr(tinystore, "FORK_MIN_RECORDS", 1)
+    monkeypatch.setattr(tinystore, "_writers", lambda: 3)  # even beside a thread another test left running
+    forked: list[int] = []
+    fork = os.fork
+
+    def counted() -> int:
+        pid = fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", counted)
+    return forked
+
+
+def test_a_large_flush_is_written_by_forked_writers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    forked = forking(monkeypatch)
+    store = TinyStore(tmp_path)
+    made = [rec(f"Q{h}{n:08d}", T0 + timedelta(hours=h, minutes=n)) for h in range(5) for n in range(h + 1)]
+    mover = rec("MOVER00000", T0 + timedelta(hours=1, minutes=30))
+    store.put([*made, mover])
+    store.set_meta("k", 1)
+    store.flush()
+    assert len(forked) == 2  # and this process wrote the third share
+    assert files(tmp_path) == [f"2026-03-01T{12 + h}.json" for h in range(5)]
+    assert len(rids_in(tmp_path / "records" / "2026-03-01T16.json")) == 5
+
+    moved = TrackingRecord.from_dict({**mover.to_dict(), "arrival": (T0 + timedelta(minutes=30)).isoformat()})
+    late = rec("LATE000000", T0 + timedelta(hours=3, minutes=59))
+    store.put([moved, late])
+    store.close()
+    assert len(forked) == 4  # two for the first pass (hours 12, 13, 15), none for the second (13 alone)
+    assert moved.rid in rids_in(tmp_path / "records" / "2026-03-01T12.json")
+    assert moved.rid not in rids_in(tmp_path / "records" / "2026-03-01T13.json")
+    again = TinyStore(tmp_path, readonly=True)
+    assert sorted(r.rid for r in again.search()) == sorted(r.rid for r in [*made, moved, late])
+    assert again.get(moved.rid) == moved and again.get_meta("k") == 1
+
+
+def test_a_forked_writer_that_fails_fails_the_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    forking(monkeypatch)
+    store = TinyStore(tmp_path)
+    store.put([rec(f"Q{h}00000000", T0 + timedelta(hours=h)) for h in range(3)])
+    store.set_meta("k", 1)
+    parent = os.getpid()
+    write_table = tinystore._write_table
+
+    def failing_in_children(path: Path, table: str, docs: object) -> None:
+        if os.getpid() != parent:
+            raise OSError("disk gone")
+        write_table(path, table, docs)
+
+    monkeypatch.setattr(tinystore, "_write_table", failing_in_children)
+    with pytest.raises(OSError, match=r"could not write partitions 2026-03-01T1\d"):
+        store.flush()
+    assert "OSError: disk gone" in capfd.readouterr().err
+    assert len(files(tmp_path)) == 1 and not (tmp_path / "meta.json").exists()  # meta waits for every partition
+
+    monkeypatch.setattr(tinystore, "_write_table", write_table)
+    store.close()  # what failed is still dirty, and written now
+    assert len(files(tmp_path)) == 3 and TinyStore(tmp_path, readonly=True).get_meta("k") == 1
 
 
 # -- kill -9 in the middle of flushing -------------------------------------------------
