@@ -9,25 +9,27 @@ read is an ``unknown`` event.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from types import ModuleType
 
-from . import exim, postfix, sendmail
 from .envelope import Context, split
 from .events import Event, Kind
 from .grammar import Reading
 
 __all__ = ["MAX_LINE", "MTAS", "Context", "Event", "Kind", "mta_of", "parse"]
 
+#: An MTA's payload reader, its module's ``parse``: (payload, program name
+#: or None) -> Reading, or None when the payload is not understood.
 Reader = Callable[[str, str | None], Reading | None]
-
-#: Each MTA's payload reader: (payload, program name or None) -> Reading,
-#: or None when the payload is not understood.
-READERS: dict[str, Reader] = {
-    "postfix": postfix.parse,
-    "sendmail": sendmail.parse,
-    "exim": exim.parse,
-}
 MTAS = ("postfix", "exim", "sendmail")
+
+
+def _module(mta: str) -> ModuleType:
+    """The module of ``mta``, imported on the first line of that MTA: a log
+    is nearly always one MTA's, and building the others' grammars would be
+    a fifth of the time a parse of a big log takes to start."""
+    return importlib.import_module(f"{__name__}.{mta}")
 
 #: Longer lines are not parsed but counted as unknown: no MTA writes one
 #: (syslog daemons cut messages at 8 KiB by default), and reading one would
@@ -67,7 +69,7 @@ def parse(line: str, ctx: Context | None = None, mta: str = "auto") -> Event:
     if env is None:
         # Exim's reject log dumps the refused message's envelope and header
         # on undated lines after the entry they belong to.
-        more = exim.continuation(line) if mta in ("auto", "exim") else None
+        more = _module("exim").continuation(line) if mta in ("auto", "exim") else None
         if more is None:
             return Event(None, None, None, None, None, None, _UNKNOWN, {}, line)
         return Event(None, None, "exim", None, None, None, more.kind, more.fields, line)
@@ -91,7 +93,7 @@ def _readers(program: str | None, mta: str) -> tuple[str | None, Reader | None]:
     which = mta_of(program) if program is not None else "exim"  # Exim's own mainlog names no program
     if which is None and mta != "auto":
         which = mta
-    hit = (which, READERS.get(which)) if which is not None else (None, None)
+    hit = (which, _module(which).parse if which in MTAS else None) if which is not None else (None, None)
     if len(_READERS_OF) < 10_000:
         _READERS_OF[program, mta] = hit
     return hit
