@@ -413,7 +413,9 @@ class TinyStore:
             held: set[str] = set()
             for part in changed:
                 held |= self._files.pop(part, set())
-            for rid in held & self._keys.keys():
+            # (Comprehensions, not set operations with the keys view: those
+            # would copy all the store's rids, every second, in a reader.)
+            for rid in [rid for rid in held if rid in self._keys]:
                 self._unfile(rid)
             pool = sharing()
             for part in changed:
@@ -424,7 +426,7 @@ class TinyStore:
                     self._seen[part] = on_disk[part]
                 else:
                     del self._seen[part]
-            missing = held - self._keys.keys()
+            missing = {rid for rid in held if rid not in self._keys}
             for part, rids in self._files.items():
                 if part not in changed and (lost := rids & missing):
                     self._load_partition(part, pool, only=lost)
@@ -550,6 +552,8 @@ class TinyStore:
         return keys.part
 
     def _found(self, rids: Collection[str]) -> list[TrackingRecord]:
+        if len(rids) == 1:  # nearly every lookup: a Message-ID, an ENVID, a queue id names one record
+            return [self._records[rid] for rid in rids]
         return sorted((self._records[rid] for rid in rids), key=_order)
 
     def _refresh(self) -> None:
