@@ -953,7 +953,10 @@ _IN_TAIL = re.compile(r'(?: from <(?P<from>(?:"[^"]*"|[^<>"])*)>)?(?: for (?P<fo
 _DEFER_AT = re.compile(rf"(?: (?P<stage>routing|transporting))? (?P<defer>{_DEFER_RE})")
 _TEXT_TAIL = re.compile(r"(?:: (?P<msg>.*))?\s*", re.S)
 _FAST_COMPLETED = re.compile(rf"(?P<qid>{_ID_RE}) Completed(?: QT=(?P<qt>{_TIME_RE}))?\s*")
-_FAST_TAGS = rf"(?: (?>{_TAG_RE}))*+"
+# An atomic group around a greedy repeat, which is what a possessive repeat
+# is: Python 3.11.2 (Debian 12's) fails "(?: (?>TAG))*+" when it repeats no
+# times, and the fast path then silently gave every session line to the grammar.
+_FAST_TAGS = rf"(?>(?: (?>{_TAG_RE}))*)"
 _FAST_SESSION = re.compile(
     rf"SMTP connection from (?P<client>(?>{_CLIENT_RE}))(?P<tags>{_FAST_TAGS})"
     r" (?:\(TCP/IP connection count = (?P<count>\d+)\)\s*|(?P<reason>closed by QUIT|lost\b.*))",
