@@ -26,6 +26,14 @@ DEFAULT_RETENTION = timedelta(days=10)
 MIN_RETENTION = timedelta(days=1)
 
 
+class StoreError(Exception):
+    """A store that cannot do what was asked (read-only, closed)."""
+
+
+class StoreLocked(StoreError):
+    """Another process holds the store's writer lock."""
+
+
 class Store(Protocol):
     def get(self, rid: str) -> TrackingRecord | None:
         """The record with this rid."""

@@ -71,7 +71,7 @@ from tinydb.storages import Storage
 
 from .bulk import gc_paused, keep_out_of_gc
 from .records import Share, TrackingRecord, When, bare_message_id, sharing
-from .store import DEFAULT_RETENTION, expired, matches
+from .store import DEFAULT_RETENTION, StoreError, StoreLocked, expired, matches
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +92,6 @@ FREEZE_MIN_RECORDS = 10_000
 #: What reading a damaged file can raise: bad JSON or encoding (ValueError),
 #: a document of the wrong shape (KeyError, TypeError, AttributeError), I/O.
 _UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError)
-
-
-class StoreError(Exception):
-    """A store that cannot do what was asked (read-only, closed)."""
-
-
-class StoreLocked(StoreError):
-    """Another process holds the store's writer lock."""
 
 
 def partition_of(when: datetime) -> str:
@@ -552,7 +544,7 @@ class TinyStore:
         return keys.part
 
     def _found(self, rids: Collection[str]) -> list[TrackingRecord]:
-        if len(rids) == 1:  # nearly every lookup: a Message-ID, an ENVID, a queue id names one record
+        if len(rids) <= 1:  # nearly every lookup: a Message-ID, an ENVID, a queue id names one record or none
             return [self._records[rid] for rid in rids]
         return sorted((self._records[rid] for rid in rids), key=_order)
 

@@ -20,7 +20,6 @@ import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -36,6 +35,8 @@ DEFAULT_STORE = "/var/lib/mtqpd"
 
 
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("mtqpd")
     except PackageNotFoundError:  # running from a source tree that is not installed
@@ -481,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    from ingest.tinystore import StoreLocked  # cheap once a command has loaded ingest; parse never raises it
+    from ingest.store import StoreLocked
 
     try:
         return _COMMANDS[args.command][3](args)
