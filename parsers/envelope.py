@@ -40,10 +40,12 @@ class Context:
     #: as this year: clocks drift and lines arrive out of order.
     grace: timedelta = timedelta(days=2)
     #: A memo of BSD stamp -> UTC datetime; the stamp repeats for every line
-    #: of a second, and the year inference is not free.
+    #: of a second.
     _memo: dict[str, datetime | None] = field(default_factory=dict, compare=False, repr=False)
-    #: The inferred year of each ``Mar  1`` seen.
-    _years: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    #: ``Mar  1 12:00`` -> that minute in UTC: a new second of the log then
+    #: costs an addition, not a year inference and a zone conversion. (A
+    #: zone's offset changes on a minute, never within one.)
+    _minutes: dict[str, datetime | None] = field(default_factory=dict, compare=False, repr=False)
 
     def bsd(self, stamp: str) -> datetime | None:
         """``Mar  1 12:00:00`` -> aware UTC, or None when it is not a date."""
@@ -53,18 +55,26 @@ class Context:
             return hit  # type: ignore[return-value]
         if len(memo) > 100_000:
             memo.clear()
-        try:
-            month = MONTHS[stamp[:3]]
-            day = int(stamp[4:6])
-            hh, mm, ss = int(stamp[7:9]), int(stamp[10:12]), int(stamp[13:15])
-            year = self._years.get(stamp[:6])
-            if year is None:  # once per day of the log, not once per second
-                year = self._years[stamp[:6]] = infer_year(month, day, self.reference.astimezone(self.tz), self.grace)
-            value = datetime(year, month, day, hh, mm, ss, tzinfo=self.tz).astimezone(UTC)
-        except (KeyError, ValueError):
+            self._minutes.clear()
+        minute = self._minutes.get(stamp[:12], memo)
+        if minute is memo:
+            minute = self._minutes[stamp[:12]] = self._minute(stamp)
+        second = stamp[13:15]
+        if minute is None or not second.isdigit() or int(second) > 59:
             value = None
+        else:
+            value = minute + timedelta(seconds=int(second))  # type: ignore[operator]
         memo[stamp] = value
         return value
+
+    def _minute(self, stamp: str) -> datetime | None:
+        try:
+            month = MONTHS[stamp[:3]]
+            day, hh, mm = int(stamp[4:6]), int(stamp[7:9]), int(stamp[10:12])
+            year = infer_year(month, day, self.reference.astimezone(self.tz), self.grace)
+            return datetime(year, month, day, hh, mm, tzinfo=self.tz).astimezone(UTC)
+        except (KeyError, ValueError):
+            return None
 
     def rfc3339(self, stamp: str) -> datetime | None:
         """An RFC 3339 stamp -> aware UTC; the fraction aside, a stamp repeats

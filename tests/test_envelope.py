@@ -119,3 +119,20 @@ def test_impossible_bsd_dates_are_not_envelopes() -> None:
 def test_fixed_offset_zone_setting() -> None:
     env = split("Mar  1 12:00:00 mx1 p[1]: x", ctx(tz=timezone(timedelta(hours=-5))))
     assert env is not None and env.ts == datetime(2026, 3, 1, 17, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("zone", ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe"])
+def test_bsd_time_is_the_zone_time_through_daylight_saving_changes(zone: str) -> None:
+    """Each second of the days the clocks change (Lord Howe's move by half
+    an hour) reads as the zone's own conversion of it, however the stamps
+    before it were cached."""
+    tz = ZoneInfo(zone)
+    c = Context(tz=tz, reference=datetime(2026, 12, 31, tzinfo=UTC))
+    for month, day in ((3, 8), (3, 29), (4, 5), (10, 4), (10, 25), (11, 1)):
+        for minute in range(0, 24 * 60, 7):
+            for second in (0, 31, 59):
+                hh, mm = divmod(minute, 60)
+                stamp = f"{datetime(2026, month, day):%b} {day:2d} {hh:02d}:{mm:02d}:{second:02d}"
+                want = datetime(2026, month, day, hh, mm, second, tzinfo=tz).astimezone(UTC)
+                assert c.bsd(stamp) == want, stamp
+    assert c.bsd("Mar  1 12:00:60") is None  # no leap seconds in syslog stamps
