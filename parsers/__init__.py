@@ -31,6 +31,7 @@ def _module(mta: str) -> ModuleType:
     a fifth of the time a parse of a big log takes to start."""
     return importlib.import_module(f"{__name__}.{mta}")
 
+
 #: Longer lines are not parsed but counted as unknown: no MTA writes one
 #: (syslog daemons cut messages at 8 KiB by default), and reading one would
 #: only give a hostile line a bigger lever on the grammars.

@@ -340,9 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--messages", type=int, help="number of SMTP sessions to generate")
-    size.add_argument(
-        "--lines", type=int, help="generate sessions until the log has at least this many lines"
-    )
+    size.add_argument("--lines", type=int, help="generate sessions until the log has at least this many lines")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--start", default="2026-03-01T00:00:00", help="UTC time of the first line")
     p.add_argument("--rate", type=float, default=2.0, help="mean SMTP sessions per second")

@@ -234,9 +234,16 @@ def message_id(n: int, name: str) -> str:
     return f"<s{n:02d}.{name}@client.example.test>"
 
 
-def send(n: int, name: str, rcpts: list[str], *, mail_options: tuple[str, ...] = (),
-         notify: str | None = None, subject: str | None = None,
-         data_refused: bool = False) -> tuple[str, mtalab.Submission]:
+def send(
+    n: int,
+    name: str,
+    rcpts: list[str],
+    *,
+    mail_options: tuple[str, ...] = (),
+    notify: str | None = None,
+    subject: str | None = None,
+    data_refused: bool = False,
+) -> tuple[str, mtalab.Submission]:
     """Submit scenario n's message over SMTP with ENVID and per-recipient ORCPT.
 
     Checks the answer to DATA: 250, or a 5xx refusal when ``data_refused``.
@@ -244,12 +251,15 @@ def send(n: int, name: str, rcpts: list[str], *, mail_options: tuple[str, ...] =
     mid = message_id(n, name)
     msg = mtalab.make_message(mid, SENDER, rcpts, subject or f"s{n:02d} {name}")
     rcpt_options = {r: [f"ORCPT=rfc822;{r}"] + ([f"NOTIFY={notify}"] if notify else []) for r in rcpts}
-    sub = mtalab.submit(MX1_PORT, msg, SENDER, rcpts, mail_options=[f"ENVID=mtqpd-s{n:02d}", *mail_options],
-                        rcpt_options=rcpt_options)
+    sub = mtalab.submit(
+        MX1_PORT, msg, SENDER, rcpts, mail_options=[f"ENVID=mtqpd-s{n:02d}", *mail_options], rcpt_options=rcpt_options
+    )
     if any(code in (250, 251) for code, _ in sub.rcpt_replies.values()):
         code = sub.data_reply[0] if sub.data_reply else None
-        expect(code is not None and (code // 100 == 5 if data_refused else code == 250),
-               f"s{n:02d}: unexpected answer to DATA: {sub}")
+        expect(
+            code is not None and (code // 100 == 5 if data_refused else code == 250),
+            f"s{n:02d}: unexpected answer to DATA: {sub}",
+        )
     return mid, sub
 
 
@@ -317,8 +327,14 @@ def run_scenarios(lab: Lab, truth: mtalab.GroundTruth) -> None:
     s11, _ = send(11, "second-instance", ["carol@mx2.example.test", "far@far.test"])
     s12, _ = send(12, "dsn-parameters", [f"dave@{LOCAL}"], mail_options=("RET=HDRS",), notify="SUCCESS,FAILURE")
     s13 = message_id(13, "local-submission")
-    mx1.exim(lab.exim, "-f", SENDER, "-oi", f"erin@{LOCAL}",
-             input=mtalab.make_message(s13, SENDER, [f"erin@{LOCAL}"], "s13 local-submission"))
+    mx1.exim(
+        lab.exim,
+        "-f",
+        SENDER,
+        "-oi",
+        f"erin@{LOCAL}",
+        input=mtalab.make_message(s13, SENDER, [f"erin@{LOCAL}"], "s13 local-submission"),
+    )
     s14, _ = send(14, "relay-two-recipients", ["one@relay.test", "two@relay.test"])
     s15_rcpt = "someone@elsewhere.test"
     _, s15 = send(15, "relay-denied", [s15_rcpt])
@@ -361,41 +377,95 @@ def run_scenarios(lab: Lab, truth: mtalab.GroundTruth) -> None:
         mtalab.wait_until(predicate, max(1.0, deadline - time.monotonic()), 1.0, what)
     # Only scenarios 5 (busy.test) and 8 stay queued on mx1; let the
     # notifications' and the relays' deliveries finish their log lines.
-    mtalab.wait_until(lambda: lab.mx1.queue_count(lab.exim) == 2 and lab.mx2.queue_count(lab.exim) == 0,
-                      60, 1.0, "queues to settle")
+    mtalab.wait_until(
+        lambda: lab.mx1.queue_count(lab.exim) == 2 and lab.mx2.queue_count(lab.exim) == 0, 60, 1.0, "queues to settle"
+    )
     time.sleep(2)
 
     # -- ground truth, scenario by scenario
     m = truth.message
-    m(scenario=1, name="local-delivery", message_id=s01, envid="mtqpd-s01", sender=SENDER,
-      recipients=[recipient(f"alice@{LOCAL}", "delivered", "2")])
-    m(scenario=2, name="relay-accepted", message_id=s02, envid="mtqpd-s02", sender=SENDER,
-      recipients=[recipient("ok@relay.test", "relayed", "2")])
+    m(
+        scenario=1,
+        name="local-delivery",
+        message_id=s01,
+        envid="mtqpd-s01",
+        sender=SENDER,
+        recipients=[recipient(f"alice@{LOCAL}", "delivered", "2")],
+    )
+    m(
+        scenario=2,
+        name="relay-accepted",
+        message_id=s02,
+        envid="mtqpd-s02",
+        sender=SENDER,
+        recipients=[recipient("ok@relay.test", "relayed", "2")],
+    )
     expect(relay.rules.attempts["later@relay.test"] >= 2, "s03: the sink saw no retry")
-    m(scenario=3, name="relay-deferred-then-accepted", message_id=s03, envid="mtqpd-s03", sender=SENDER,
-      recipients=[recipient("later@relay.test", "relayed", "2")])
+    m(
+        scenario=3,
+        name="relay-deferred-then-accepted",
+        message_id=s03,
+        envid="mtqpd-s03",
+        sender=SENDER,
+        recipients=[recipient("later@relay.test", "relayed", "2")],
+    )
 
     ndr04 = lab_ndr(lab, s04, {"nosuch@relay.test": "failed"})
     expect(lab.sink_outcome("relay", s04, "nosuch@relay.test") == "5", "s04: sink did not refuse")
-    m(scenario=4, name="relay-rejected-bounce", message_id=s04, envid="mtqpd-s04", sender=SENDER,
-      recipients=[recipient("nosuch@relay.test", "failed", "5")], bounce=ndr04.message_id)
+    m(
+        scenario=4,
+        name="relay-rejected-bounce",
+        message_id=s04,
+        envid="mtqpd-s04",
+        sender=SENDER,
+        recipients=[recipient("nosuch@relay.test", "failed", "5")],
+        bounce=ndr04.message_id,
+    )
     notification(lab, truth, ndr04, s04, 4, "relay-rejected-bounce-ndr")
 
     ndr05 = lab_ndr(lab, s05, {"gone@relay.test": "failed"})
     expect(lab.sink_outcome("relay", s05, "gone@relay.test") == "5", "s05: sink did not refuse gone@")
     expect(lab.sink_outcome("busy", s05, "full@busy.test") == "4", "s05: busy.test did not stay 4xx")
-    m(scenario=5, name="mixed-outcomes", message_id=s05, envid="mtqpd-s05", sender=SENDER,
-      recipients=[recipient(f"bob@{LOCAL}", "delivered", "2"),
-                  recipient("full@busy.test", "delayed", "4"),
-                  recipient("gone@relay.test", "failed", "5")],
-      bounce=ndr05.message_id)
+    m(
+        scenario=5,
+        name="mixed-outcomes",
+        message_id=s05,
+        envid="mtqpd-s05",
+        sender=SENDER,
+        recipients=[
+            recipient(f"bob@{LOCAL}", "delivered", "2"),
+            recipient("full@busy.test", "delayed", "4"),
+            recipient("gone@relay.test", "failed", "5"),
+        ],
+        bounce=ndr05.message_id,
+    )
     notification(lab, truth, ndr05, s05, 5, "mixed-outcomes-ndr")
 
-    m(scenario=6, name="alias-expansion", message_id=s06a, envid="mtqpd-s06", sender=SENDER,
-      recipients=[recipient(f"team@{LOCAL}", "expanded", "2", members=[
-          {"final": f"{u}@{LOCAL}", "action": "delivered", "status": "2"} for u in ("carol", "dave", "erin")])])
-    m(scenario=6, name="alias-single", message_id=s06b, envid="mtqpd-s06", sender=SENDER,
-      recipients=[recipient(f"info@{LOCAL}", "delivered", "2", final=f"frank@{LOCAL}")])
+    m(
+        scenario=6,
+        name="alias-expansion",
+        message_id=s06a,
+        envid="mtqpd-s06",
+        sender=SENDER,
+        recipients=[
+            recipient(
+                f"team@{LOCAL}",
+                "expanded",
+                "2",
+                members=[
+                    {"final": f"{u}@{LOCAL}", "action": "delivered", "status": "2"} for u in ("carol", "dave", "erin")
+                ],
+            )
+        ],
+    )
+    m(
+        scenario=6,
+        name="alias-single",
+        message_id=s06b,
+        envid="mtqpd-s06",
+        sender=SENDER,
+        recipients=[recipient(f"info@{LOCAL}", "delivered", "2", final=f"frank@{LOCAL}")],
+    )
 
     for n, name, sub, rcpt in ((7, "unknown-local-user", s07, s07_rcpt), (15, "relay-denied", s15, s15_rcpt)):
         code, text = sub.rcpt_replies[rcpt]
@@ -405,38 +475,85 @@ def run_scenarios(lab: Lab, truth: mtalab.GroundTruth) -> None:
     expect(lab.sink_outcome("stuck", s08, "wait@stuck.test") == "4", "s08: stuck.test did not stay 4xx")
     [warn08] = lab.notifications(s08)
     expect([r["action"] for r in warn08.dsn_recipients] == ["delayed"], f"s08: not a delay warning: {warn08}")
-    m(scenario=8, name="still-deferred", message_id=s08, envid="mtqpd-s08", sender=SENDER,
-      recipients=[recipient("wait@stuck.test", "delayed", "4")], bounce=warn08.message_id)
+    m(
+        scenario=8,
+        name="still-deferred",
+        message_id=s08,
+        envid="mtqpd-s08",
+        sender=SENDER,
+        recipients=[recipient("wait@stuck.test", "delayed", "4")],
+        bounce=warn08.message_id,
+    )
     notification(lab, truth, warn08, s08, 8, "still-deferred-delay-warning")
 
     ndr09 = lab_ndr(lab, s09, {"never@expire.test": "failed"})
     expect(lab.sink_outcome("expire", s09, "never@expire.test") == "4", "s09: expire.test did not stay 4xx")
-    m(scenario=9, name="expired", message_id=s09, envid="mtqpd-s09", sender=SENDER,
-      recipients=[recipient("never@expire.test", "failed", "4")], bounce=ndr09.message_id)
+    m(
+        scenario=9,
+        name="expired",
+        message_id=s09,
+        envid="mtqpd-s09",
+        sender=SENDER,
+        recipients=[recipient("never@expire.test", "failed", "4")],
+        bounce=ndr09.message_id,
+    )
     notification(lab, truth, ndr09, s09, 9, "expired-ndr")
 
-    m(scenario=11, name="second-instance", message_id=s11, envid="mtqpd-s11", sender=SENDER,
-      recipients=[recipient("carol@mx2.example.test", "delivered", "2", path=["transferred", "delivered"]),
-                  recipient("far@far.test", "relayed", "2", path=["transferred", "relayed"])])
+    m(
+        scenario=11,
+        name="second-instance",
+        message_id=s11,
+        envid="mtqpd-s11",
+        sender=SENDER,
+        recipients=[
+            recipient("carol@mx2.example.test", "delivered", "2", path=["transferred", "delivered"]),
+            recipient("far@far.test", "relayed", "2", path=["transferred", "relayed"]),
+        ],
+    )
 
     [dsn12] = lab.notifications(s12)
     expect([r["action"] for r in dsn12.dsn_recipients] == ["delivered"], f"s12: not a success DSN: {dsn12}")
-    m(scenario=12, name="dsn-parameters", message_id=s12, envid="mtqpd-s12", sender=SENDER,
-      recipients=[recipient(f"dave@{LOCAL}", "delivered", "2")], bounce=dsn12.message_id)
+    m(
+        scenario=12,
+        name="dsn-parameters",
+        message_id=s12,
+        envid="mtqpd-s12",
+        sender=SENDER,
+        recipients=[recipient(f"dave@{LOCAL}", "delivered", "2")],
+        bounce=dsn12.message_id,
+    )
     notification(lab, truth, dsn12, s12, 12, "dsn-parameters-success-dsn")
 
-    m(scenario=13, name="local-submission", message_id=s13, envid=None, sender=SENDER,
-      recipients=[recipient(f"erin@{LOCAL}", "delivered", "2")])
-    m(scenario=14, name="relay-two-recipients", message_id=s14, envid="mtqpd-s14", sender=SENDER,
-      recipients=[recipient("one@relay.test", "relayed", "2"), recipient("two@relay.test", "relayed", "2")])
+    m(
+        scenario=13,
+        name="local-submission",
+        message_id=s13,
+        envid=None,
+        sender=SENDER,
+        recipients=[recipient(f"erin@{LOCAL}", "delivered", "2")],
+    )
+    m(
+        scenario=14,
+        name="relay-two-recipients",
+        message_id=s14,
+        envid="mtqpd-s14",
+        sender=SENDER,
+        recipients=[recipient("one@relay.test", "relayed", "2"), recipient("two@relay.test", "relayed", "2")],
+    )
 
     # The whole message is refused after DATA: recorded as a rejection of
     # its recipient, with the reply to DATA (nothing was queued).
     code, text = s16.data_reply
     expect(s16.rcpt_replies[s16_rcpt][0] == 250, f"s16: RCPT refused: {s16}")
     expect(not in_mbox(mx1.mbox("alice"), message_id(16, "content-rejected")), "s16: delivered after all")
-    truth.rejection(scenario=16, name="content-rejected", sender=SENDER, recipient=s16_rcpt, status=str(code)[0],
-                    reply=f"{code} {text}")
+    truth.rejection(
+        scenario=16,
+        name="content-rejected",
+        sender=SENDER,
+        recipient=s16_rcpt,
+        status=str(code)[0],
+        reply=f"{code} {text}",
+    )
 
     for n, mid in ((1, s01), (2, s02), (3, s03), (6, s06a), (6, s06b), (11, s11), (13, s13), (14, s14)):
         expect(not lab.notifications(mid), f"s{n:02d}: unexpected notification")
@@ -455,8 +572,15 @@ def notification(lab: Lab, truth: mtalab.GroundTruth, note: mtalab.Delivered, ab
     """Record a notification Exim generated and delivered to the sender's mailbox."""
     rp = return_path(lab.mx1.mbox("sender"), note.message_id)
     expect(rp == "<>", f"{note.message_id}: Return-path {rp!r}, expected the null sender")
-    truth.message(scenario=n, name=name, message_id=note.message_id, envid=None, sender="",
-                  recipients=[recipient(SENDER, "delivered", "2")], bounce_of=about)
+    truth.message(
+        scenario=n,
+        name=name,
+        message_id=note.message_id,
+        envid=None,
+        sender="",
+        recipients=[recipient(SENDER, "delivered", "2")],
+        bounce_of=about,
+    )
 
 
 def copy_logs(mx1: Instance, mx2: Instance, syslog_offset: int) -> None:
@@ -476,8 +600,9 @@ def copy_logs(mx1: Instance, mx2: Instance, syslog_offset: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prefix", type=Path, default=Path("/opt/mta/exim-root"),
-                        help="where the exim4 .debs are (or get) unpacked")
+    parser.add_argument(
+        "--prefix", type=Path, default=Path("/opt/mta/exim-root"), help="where the exim4 .debs are (or get) unpacked"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root")
@@ -501,16 +626,26 @@ def main() -> None:
     journals.mkdir()
 
     syslog_offset = SYSLOG.stat().st_size if SYSLOG.exists() else 0
-    sinks = {name: mtalab.Sink(port, journals / f"{name}.jsonl", hostname=f"sink.{name}.test",
-                               id_prefix="SINK" if name == "relay" else f"SINK{name.upper()}")
-             for name, port in SINK_PORTS.items()}
+    sinks = {
+        name: mtalab.Sink(
+            port,
+            journals / f"{name}.jsonl",
+            hostname=f"sink.{name}.test",
+            id_prefix="SINK" if name == "relay" else f"SINK{name.upper()}",
+        )
+        for name, port in SINK_PORTS.items()
+    }
     truth = mtalab.GroundTruth(
-        "exim", version,
-        [{"file": "mainlog", "form": "exim-mainlog", "host": "mx1"},
-         {"file": "rejectlog", "form": "exim-rejectlog", "host": "mx1"},
-         {"file": "exim.syslog.log", "form": "exim-syslog"},
-         {"file": "mx2.mainlog", "form": "exim-mainlog", "host": "mx2"}],
-        ["mx1", "mx2"])
+        "exim",
+        version,
+        [
+            {"file": "mainlog", "form": "exim-mainlog", "host": "mx1"},
+            {"file": "rejectlog", "form": "exim-rejectlog", "host": "mx1"},
+            {"file": "exim.syslog.log", "form": "exim-syslog"},
+            {"file": "mx2.mainlog", "form": "exim-mainlog", "host": "mx2"},
+        ],
+        ["mx1", "mx2"],
+    )
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         for sink in sinks.values():
@@ -526,8 +661,7 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     copy_logs(mx1, mx2, syslog_offset)
     truth.write(OUT / "expected.json")
-    print(f"Exim {version} (Debian {debian_version}): capture written to {OUT} "
-          f"in {time.monotonic() - started:.0f}s")
+    print(f"Exim {version} (Debian {debian_version}): capture written to {OUT} in {time.monotonic() - started:.0f}s")
 
 
 if __name__ == "__main__":

@@ -74,8 +74,13 @@ ALIASES = {"team": ["bob", "carol", "dave"], "info": ["erin"]}
 FILTERED = {f"frank@{MX1}"}
 
 #: The DSN action of a notification -> the word used in its scenario name.
-NOTICE_KINDS = {"failed": "ndr", "delayed": "delay-notice", "delivered": "success-notice",
-                "relayed": "success-notice", "expanded": "success-notice"}
+NOTICE_KINDS = {
+    "failed": "ndr",
+    "delayed": "delay-notice",
+    "delivered": "success-notice",
+    "relayed": "success-notice",
+    "expanded": "success-notice",
+}
 
 
 def run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -194,8 +199,18 @@ class Capture:
 
     # -- submitting ---------------------------------------------------------
 
-    def send(self, scenario: int, name: str, expect: dict[str, str], *, notices=(), envid=None,
-             notify: str | None = None, ret: str | None = None, local_submission: bool = False) -> Sent:
+    def send(
+        self,
+        scenario: int,
+        name: str,
+        expect: dict[str, str],
+        *,
+        notices=(),
+        envid=None,
+        notify: str | None = None,
+        ret: str | None = None,
+        local_submission: bool = False,
+    ) -> Sent:
         """Submit one scenario message with ENVID, ORCPT (and NOTIFY/RET when given)."""
         message_id = f"<s{scenario:02d}.{name}@client.example.test>"
         envid = envid or f"mtqpd-s{scenario:02d}"
@@ -208,8 +223,9 @@ class Capture:
         else:
             mail_options = [f"ENVID={envid}"] + ([f"RET={ret}"] if ret else [])
             rcpt_options = {r: [f"ORCPT=rfc822;{r}"] + ([f"NOTIFY={notify}"] if notify else []) for r in recipients}
-            sub = mtalab.submit(SMTP_PORT, body, SENDER, recipients, mail_options=mail_options,
-                                rcpt_options=rcpt_options)
+            sub = mtalab.submit(
+                SMTP_PORT, body, SENDER, recipients, mail_options=mail_options, rcpt_options=rcpt_options
+            )
             sent.rcpt_replies = sub.rcpt_replies
             for rcpt, (code, text) in sub.rcpt_replies.items():
                 if (code // 100 == 2) != (expect[rcpt] != "rejected"):
@@ -263,8 +279,11 @@ class Capture:
                 return None
             if len(members) == 1:
                 return entry | {"final": members[0], "action": "delivered", "status": "2"}
-            return entry | {"action": "expanded", "status": "2",
-                            "members": [{"final": m, "action": "delivered", "status": "2"} for m in members]}
+            return entry | {
+                "action": "expanded",
+                "status": "2",
+                "members": [{"final": m, "action": "delivered", "status": "2"} for m in members],
+            }
         if domain in (MX1, MX2):
             mbox = (MAIL if domain == MX1 else MAIL_OUT) / user
             if not self.in_mailbox(mbox, sent.message_id):
@@ -311,8 +330,9 @@ class Capture:
 
     def ground_truth(self, snap: Snapshot, version: str) -> mtalab.GroundTruth:
         """expected.json from the final snapshot; raises if any recipient is not as designed."""
-        truth = mtalab.GroundTruth("postfix", version,
-                                   [{"file": f, "form": form} for f, form in LOG_FORMS.items()], [SYSLOG_HOST])
+        truth = mtalab.GroundTruth(
+            "postfix", version, [{"file": f, "form": form} for f, form in LOG_FORMS.items()], [SYSLOG_HOST]
+        )
         by_id = {s.message_id: s for s in self.sent}
         for n in snap.notices:
             if n.reports_on not in by_id:
@@ -323,23 +343,39 @@ class Capture:
             for rcpt, action in sent.expect.items():
                 if action == "rejected":
                     code, text = sent.rcpt_replies[rcpt]
-                    truth.rejection(scenario=sent.scenario, name=sent.name, sender=SENDER, recipient=rcpt,
-                                    status=str(code)[0], reply=f"{code} {text}")
+                    truth.rejection(
+                        scenario=sent.scenario,
+                        name=sent.name,
+                        sender=SENDER,
+                        recipient=rcpt,
+                        status=str(code)[0],
+                        reply=f"{code} {text}",
+                    )
             recipients = [self.observe(snap, sent, r) for r, a in sent.expect.items() if a != "rejected"]
             if not recipients:
                 continue  # nothing accepted, no message
             notices = [n for n in snap.notices if n.reports_on == sent.message_id]
-            truth.message(scenario=sent.scenario, name=sent.name, message_id=sent.message_id, envid=sent.envid,
-                          sender=SENDER, recipients=recipients,
-                          bounce=notices[0].message_id if notices else None)
+            truth.message(
+                scenario=sent.scenario,
+                name=sent.name,
+                message_id=sent.message_id,
+                envid=sent.envid,
+                sender=SENDER,
+                recipients=recipients,
+                bounce=notices[0].message_id if notices else None,
+            )
             for n in notices:
                 kinds = {NOTICE_KINDS[r["action"]] for r in n.dsn_recipients}
                 if len(kinds) != 1:
                     raise RuntimeError(f"notification {n.message_id} mixes DSN actions: {n.dsn_recipients}")
-                truth.message(scenario=sent.scenario, name=f"{sent.name}/{kinds.pop()}", message_id=n.message_id,
-                              sender="", recipients=[{"original": SENDER, "final": SENDER,
-                                                      "action": "delivered", "status": "2"}],
-                              bounce_of=sent.message_id)
+                truth.message(
+                    scenario=sent.scenario,
+                    name=f"{sent.name}/{kinds.pop()}",
+                    message_id=n.message_id,
+                    sender="",
+                    recipients=[{"original": SENDER, "final": SENDER, "action": "delivered", "status": "2"}],
+                    bounce_of=sent.message_id,
+                )
         return truth
 
 
@@ -375,8 +411,14 @@ def run_scenarios(cap: Capture, stack: contextlib.ExitStack, lifetime: int) -> s
         cap.send(7, "unknown-local-user", {f"nosuchuser@{MX1}": "rejected"}),
         cap.send(10, "content-filter", {f"frank@{MX1}": "delivered"}),
         cap.send(11, "second-instance", {f"bob@{MX2}": "delivered", "s11-far@out.relay.test": "relayed"}),
-        cap.send(12, "dsn-parameters", {f"carol@{MX1}": "delivered", "s12-dsn@relay.test": "relayed"},
-                 notices={"delivered"}, notify="SUCCESS,FAILURE", ret="HDRS"),
+        cap.send(
+            12,
+            "dsn-parameters",
+            {f"carol@{MX1}": "delivered", "s12-dsn@relay.test": "relayed"},
+            notices={"delivered"},
+            notify="SUCCESS,FAILURE",
+            ret="HDRS",
+        ),
         cap.send(13, "local-submission", {f"alice@{MX1}": "delivered"}, local_submission=True),
         cap.send(14, "relay-connect-refused-then-accepted", {"s14-late@late.relay.test": "relayed"}),
         cap.send(15, "partial-rcpt-rejection", {f"dave@{MX1}": "delivered", f"ghost@{MX1}": "rejected"}),
@@ -388,8 +430,12 @@ def run_scenarios(cap: Capture, stack: contextlib.ExitStack, lifetime: int) -> s
     cap.wait_settled(quick, t0 + 85, "the quick scenarios")
 
     time.sleep(max(0.0, t0 + 90 - time.time()))
-    s05 = cap.send(5, "mixed-outcomes", {f"dave@{MX1}": "delivered", "s05-later@relay.test": "delayed",
-                                         "s05-reject@relay.test": "failed"}, notices={"failed", "delayed"})
+    s05 = cap.send(
+        5,
+        "mixed-outcomes",
+        {f"dave@{MX1}": "delivered", "s05-later@relay.test": "delayed", "s05-reject@relay.test": "failed"},
+        notices={"failed", "delayed"},
+    )
     s08 = cap.send(8, "still-deferred", {"s08-later@relay.test": "delayed"}, notices={"delayed"})
     # Stop well before scenario 5 and 8 could reach maximal_queue_lifetime.
     deadline = s05.submitted + lifetime - 30
@@ -440,8 +486,11 @@ def main() -> None:
         try:
             # multi_instance_wrapper: this starts the primary and postfix-out.
             run("postfix", "start")
-            mtalab.wait_until(lambda: all(mtalab.port_open(p) for p in (SMTP_PORT, REINJECT_PORT, OUT_PORT)),
-                              timeout=30, what="Postfix listening")
+            mtalab.wait_until(
+                lambda: all(mtalab.port_open(p) for p in (SMTP_PORT, REINJECT_PORT, OUT_PORT)),
+                timeout=30,
+                what="Postfix listening",
+            )
             queued = run_scenarios(cap, stack, lifetime)
         finally:
             stop_postfix(check=False)
