@@ -55,7 +55,7 @@ from .correlator import Correlator, Settings
 from .records import TrackingRecord
 from .replay import Summary, order_logs
 from .sources import OPENERS, Segment, blocks_between, cut, reference_time
-from .tinystore import RECORDS_TABLE, TinyStore, _write_table, partition_of
+from .tinystore import TinyStore, partition_of, write_partition
 
 #: Below this many bytes of log, forking and the rounds cost more than they save.
 SPREAD_FROM = 16 * 1024 * 1024
@@ -78,12 +78,6 @@ def _blocks(run: list[Segment]) -> Iterator[tuple[str, list[str]]]:
     for path, start, end in run:
         for block in blocks_between(path, start, end):
             yield path, block
-
-
-def write_partition(store: Path, part: str, records: list[TrackingRecord]) -> None:
-    """Write one partition file of the store with ``records``, as its flush would."""
-    docs = (r.to_dict() for r in sorted(records, key=lambda r: (r.arrival, r.rid)))
-    _write_table(store / "records" / f"{part}.json", RECORDS_TABLE, docs)
 
 
 # -- one range, in its own process ------------------------------------------------

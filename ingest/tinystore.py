@@ -182,6 +182,19 @@ def _write_table(path: Path, table: str, docs: Iterable[dict[str, Any]]) -> None
     AtomicJSONStorage(path).write({table: {str(n): doc for n, doc in enumerate(docs, 1)}})
 
 
+def write_partition(store: Path, part: str, records: list[TrackingRecord]) -> None:
+    """Make ``records`` the whole content of partition ``part`` of the store
+    at ``store``, in the store's order, atomically. For a flush, and for a
+    replay spread over processes, which writes a fresh store's partitions
+    from each process without a ``TinyStore`` of its own."""
+    records.sort(key=_order)
+    _write_table(_partition_path(store, part), RECORDS_TABLE, (r.to_dict() for r in records))
+
+
+def _partition_path(store: Path, part: str) -> Path:
+    return store / "records" / f"{part}.json"
+
+
 def _share_out(jobs: list[tuple[str, set[str]]], sizes: list[int]) -> list[list[tuple[str, set[str]]]]:
     """``jobs`` in groups of about equal size (largest first to the least
     loaded), one group per writer process; a single group unless there is
@@ -440,14 +453,11 @@ class TinyStore:
                         found[entry.name.removesuffix(".json")] = sig
         return found
 
-    def _partition_path(self, part: str) -> Path:
-        return self._records_dir / f"{part}.json"
-
     def _load_partition(self, part: str, pool: tuple[Share, When], only: set[str] | None = None) -> set[str]:
         """Read a partition file (or just the records ``only`` names), and
         say which rids it holds. ``pool``, from ``records.sharing``, is one
         for all the files read together: their records share its values."""
-        path = self._partition_path(part)
+        path = _partition_path(self.path, part)
         share, when = pool
         try:
             loaded = [TrackingRecord.from_dict(d, share, when) for d in _read_table(path, RECORDS_TABLE)]
@@ -716,9 +726,9 @@ class TinyStore:
         """Rewrite one partition's file with its records (and ``also``, the
         rids still to be kept there); remove the file when nothing is left."""
         rids = self._parts.get(part, set()) | {rid for rid in also if rid in self._records}
-        path = self._partition_path(part)
+        path = _partition_path(self.path, part)
         if rids:
-            _write_table(path, RECORDS_TABLE, (r.to_dict() for r in self._found(rids)))
+            write_partition(self.path, part, [self._records[rid] for rid in rids])
         elif path.exists():
             path.unlink()
             _fsync_dir(self._records_dir)
