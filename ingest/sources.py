@@ -155,8 +155,3 @@ def blocks_between(path: str, start: int, end: int) -> Iterator[list[str]]:
     with open(path, "rb") as raw:
         raw.seek(start)
         yield from blocks(raw, end - start)
-
-
-def lines_between(path: str, start: int, end: int) -> Iterator[str]:
-    """The lines of a plain file that start in [start, end)."""
-    return itertools.chain.from_iterable(blocks_between(path, start, end))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ingest import parsecmd
-from ingest.sources import byte_ranges, lines_between
+from ingest.sources import blocks_between, byte_ranges
 
 LINES = [
     "Mar  1 12:00:00 mx1 postfix/smtpd[10]: connect from a.example[192.0.2.1]",
@@ -134,5 +134,5 @@ def test_byte_ranges_cut_on_line_boundaries(tmp_path: Path) -> None:
         ranges = byte_ranges(str(path), parts)
         assert ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
         assert all(a < b for a, b in ranges) and all(b == c for (_, b), (c, _) in itertools.pairwise(ranges))
-        got = [ln for a, b in ranges for ln in lines_between(str(path), a, b)]
+        got = [ln for a, b in ranges for block in blocks_between(str(path), a, b) for ln in block]
         assert got == path.read_text().splitlines()

@@ -7,7 +7,8 @@ a random known message (keyed secret) and reading the whole answer before the
 next, for a fixed number of requests. The same generator then drives a
 trivial trio line-echo server, also a subprocess, in the same run: that is
 the ceiling the generator and the loopback allow, and the ratio TRACK/s over
-echo lines/s is the figure (target: at least 0.5x). Last, the server's RSS
+echo lines/s is the figure (target: at least 0.5x): the best of three
+rounds each, the two servers' rounds taken in turn. Last, the server's RSS
 before and after 1,000 idle connections, measured first, on the fresh
 process (target: under 100 MB for them).
 
@@ -36,6 +37,7 @@ from server.auth import encode_secret, keyed_secret
 
 CLIENTS = 50
 REQUESTS = 20_000
+ROUNDS = 3
 WARMUP = 1_000
 KNOWN = 5_000
 IDLE = 1_000
@@ -215,12 +217,21 @@ def test_track_throughput(tmp_path: Path, log_1m: Path) -> None:
         ]
 
     proc, port = start(serve(store))
+    echo_proc, echo_port = start([sys.executable, "-c", ECHO_SERVER])
     try:
         print(f"server RSS with the store loaded: {rss_mb(proc.pid):.0f} MB")
         idle = idle_cost(proc, port, greeting=True)
-        track = measure("mtqpd TRACK", port, lines, greeting=True)
+        echo_idle = idle_cost(echo_proc, echo_port, greeting=False)
+        # Interleaved rounds, the best of each: a slow spell of a shared
+        # machine then falls on both sides rather than on one.
+        tracks, echoes = [], []
+        for _ in range(ROUNDS):
+            tracks.append(measure("mtqpd TRACK", port, lines, greeting=True))
+            echoes.append(measure("trio line echo", echo_port, lines, greeting=False))
+        track, echo = max(tracks), max(echoes)
     finally:
         stop(proc)
+        stop(echo_proc)
     # The 1M store's process reuses memory its load freed: an empty store
     # shows what a connection costs by itself.
     (tmp_path / "empty").mkdir()
@@ -229,13 +240,8 @@ def test_track_throughput(tmp_path: Path, log_1m: Path) -> None:
         idle_empty = idle_cost(proc, port, greeting=True)
     finally:
         stop(proc)
-    echo_proc, echo_port = start([sys.executable, "-c", ECHO_SERVER])
-    try:
-        echo_idle = idle_cost(echo_proc, echo_port, greeting=False)
-        echo = measure("trio line echo", echo_port, lines, greeting=False)
-    finally:
-        stop(echo_proc)
 
+    print(f"best of {ROUNDS}: {track:,.0f} TRACK/s, {echo:,.0f} echo lines/s")
     print(f"TRACK/s over echo lines/s: {track / echo:.2f}x (target >= {TARGET_RATIO}x)")
     print(
         f"{IDLE} idle connections, server RSS: +{idle:.1f} MB with the 1M store, +{idle_empty:.1f} MB "
