@@ -92,7 +92,6 @@ class _Correlated:
     keys: set[Key]
     #: Keys that one line touched together (a bounce and its parent).
     ties: list[tuple[Key, ...]]
-    errors: list[str] = field(default_factory=list)
 
 
 class _Collected:
@@ -116,18 +115,33 @@ class _Collected:
         pass
 
 
-def _correlate(blocks: Iterable[tuple[str, list[str]]], settings: Settings, tz: str | None, mta: str):  # type: ignore[no-untyped-def]
-    """Correlate the lines of ``blocks`` from nothing; also say which line
-    numbers touched which keys. (correlator, collected records, kinds, line
-    count, line numbers per key, ties)"""
-    store = _Collected()
-    correlator = Correlator(store, settings)  # type: ignore[arg-type]
+@dataclass(slots=True)
+class _Correlation:
+    """What correlating some lines from nothing left."""
+
+    correlator: Correlator
+    collected: _Collected
+    kinds: Counter = field(default_factory=Counter)
+    lines: int = 0
+    #: The numbers of the lines that touched each key, from 1.
+    lines_of: defaultdict[Key, list[int]] = field(default_factory=lambda: defaultdict(list))
+    #: Keys that one line touched together (a bounce and its parent).
+    ties: list[tuple[Key, ...]] = field(default_factory=list)
+
+    def records(self) -> list[TrackingRecord]:
+        """Every record, settled."""
+        self.correlator.flush(durable=False)
+        return self.collected.records
+
+
+def _correlate(blocks: Iterable[tuple[str, list[str]]], settings: Settings, tz: str | None, mta: str) -> _Correlation:
+    """Correlate the lines of ``blocks`` from nothing, noting which line
+    numbers touched which keys."""
+    collected = _Collected()
+    done = _Correlation(Correlator(collected, settings), collected)  # type: ignore[arg-type]
     touched: list[Key] = []
-    correlator.on_touch = touched.append
-    apply = correlator.apply
-    lines_of: defaultdict[Key, list[int]] = defaultdict(list)
-    ties: list[tuple[Key, ...]] = []
-    kinds: Counter = Counter()
+    done.correlator.on_touch = touched.append
+    apply, lines_of, ties = done.correlator.apply, done.lines_of, done.ties
     zone = ZoneInfo(tz) if tz else None
     contexts: dict[str, Context] = {}
     n = 0
@@ -137,7 +151,7 @@ def _correlate(blocks: Iterable[tuple[str, list[str]]], settings: Settings, tz: 
             ref = reference_time(path)
             ctx = contexts[path] = Context(tz=zone, reference=ref) if zone else Context(reference=ref)
         events = [parse(text, ctx, mta) for text in block]
-        kinds.update(map(_KIND, events))
+        done.kinds.update(map(_KIND, events))
         for ev in events:
             n += 1
             apply(ev)
@@ -147,7 +161,8 @@ def _correlate(blocks: Iterable[tuple[str, list[str]]], settings: Settings, tz: 
                 if len(touched) > 1:
                     ties.append(tuple(touched))
                 touched.clear()
-    return correlator, store, kinds, n, lines_of, ties
+    done.lines = n
+    return done
 
 
 _KIND = operator.attrgetter("kind")
@@ -166,14 +181,15 @@ def _range_process(
     """
     gc.disable()
     try:
-        correlator, collected, kinds, n, lines_of, ties = _correlate(_blocks(run), settings, tz, mta)
-        conn.send(_Correlated(n, kinds, set(lines_of), ties))
-        correlator.flush(durable=False)  # settled while the parent finds the spanning keys
+        done = _correlate(_blocks(run), settings, tz, mta)
+        lines_of = done.lines_of
+        conn.send(_Correlated(done.lines, done.kinds, set(lines_of), done.ties))
+        records = done.records()  # settled while the parent finds the spanning keys
 
         spanning: set[Key] = conn.recv()
         numbers = sorted({i for key in spanning & lines_of.keys() for i in lines_of[key]})
         by_hour: defaultdict[str, list[TrackingRecord]] = defaultdict(list)
-        for r in collected.records:
+        for r in records:
             if (r.host, r.queue_id) not in spanning:
                 by_hour[partition_of(r.arrival)].append(r)
         conn.send((numbers, {hour: len(rs) for hour, rs in by_hour.items()}))
@@ -255,7 +271,6 @@ def _rounds(
     for part in correlated:
         summary.lines += part.lines
         summary.kinds.update(part.kinds)
-        summary.errors += part.errors
     spanning = _spanning([part.keys for part in correlated], [tie for part in correlated for tie in part.ties])
 
     # Round 2: the spanning keys' lines, and the hours of what remains.
@@ -321,6 +336,4 @@ def _recorrelate(
                 yield path, [text for i, text in enumerate(block, n + 1) if i in chosen]
                 n += len(block)
 
-    correlator, collected, *_ = _correlate(picked(), settings, tz, mta)
-    correlator.flush(durable=False)
-    return collected.records
+    return _correlate(picked(), settings, tz, mta).records()

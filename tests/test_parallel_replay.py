@@ -73,7 +73,7 @@ def test_generated_log_with_spanning_messages(tmp_path: Path, generated: Path, j
     assert got == want
     # the cuts did fall inside messages: some keys had to be correlated again
     runs = cut([str(generated)], jobs)
-    touched = [parallel._correlate(parallel._blocks(run), SETTINGS, None, "auto")[4] for run in runs]
+    touched = [parallel._correlate(parallel._blocks(run), SETTINGS, None, "auto").lines_of for run in runs]
     assert len(runs) == jobs and parallel._spanning([set(t) for t in touched], [])
 
 
