@@ -15,7 +15,7 @@ from types import ModuleType
 
 from .envelope import Context, split
 from .events import Event, Kind
-from .grammar import Reading
+from .reading import Reading
 
 __all__ = ["MAX_LINE", "MTAS", "Context", "Event", "Kind", "mta_of", "parse"]
 

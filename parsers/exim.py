@@ -52,7 +52,8 @@ from typing import Any, NamedTuple
 import pyparsing as pp
 
 from .events import Kind
-from .grammar import ANGLE_ADDR, REST, Reading, host_fields, queued_as, read
+from .grammar import ANGLE_ADDR, REST, read
+from .reading import Reading, host_fields, queued_as
 
 S = pp.Suppress
 

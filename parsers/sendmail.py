@@ -42,7 +42,8 @@ from typing import Any
 import pyparsing as pp
 
 from .events import Kind
-from .grammar import DSN_CODE, NUMBER, REST, Reading, queued_as, read
+from .grammar import DSN_CODE, NUMBER, REST, read
+from .reading import Reading, queued_as
 
 S = pp.Suppress
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -435,3 +437,29 @@ def test_fast_path_agrees_with_grammar_on_the_samples(name: str) -> None:
             answered += 1
             assert quick == pf.parse_grammar(payload), ln
     assert answered > 0
+
+
+def test_a_log_the_fast_path_covers_never_builds_the_grammar() -> None:
+    """pyparsing and the grammar cost a tenth of a second to import and
+    build: only a line the fast path declines may pay it."""
+    code = (
+        "import sys\n"
+        "from parsers import parse\n"
+        "for line in sys.stdin: parse(line)\n"
+        "assert 'pyparsing' not in sys.modules and 'parsers.postfix_grammar' not in sys.modules\n"
+        "parse('Mar  1 12:00:00 mx1 postfix/postsuper[1]: 4AB12: placed on hold')\n"
+        "assert 'parsers.postfix_grammar' in sys.modules\n"
+    )
+    common = "\n".join(
+        [
+            "Mar  1 12:00:00 mx1 postfix/smtpd[1]: connect from a.example[192.0.2.1]",
+            "Mar  1 12:00:00 mx1 postfix/smtpd[1]: 4AB12: client=a.example[192.0.2.1]",
+            "Mar  1 12:00:00 mx1 postfix/cleanup[2]: 4AB12: message-id=<1@a.example>",
+            "Mar  1 12:00:00 mx1 postfix/qmgr[3]: 4AB12: from=<a@a.example>, size=10, nrcpt=1 (queue active)",
+            "Mar  1 12:00:01 mx1 postfix/smtp[4]: 4AB12: to=<b@b.example>, relay=b.example[192.0.2.2]:25, "
+            "delay=1, delays=0.1/0/0.5/0.4, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 9F8E7)",
+            "Mar  1 12:00:01 mx1 postfix/qmgr[3]: 4AB12: removed",
+        ]
+    )
+    done = subprocess.run([sys.executable, "-c", code], input=common, text=True, capture_output=True)
+    assert done.returncode == 0, done.stderr
