@@ -51,22 +51,39 @@ def delivery_reading(
     ``relay_parts`` is (host, ip, port) when the caller's match already
     split a ``host[ip]:port`` relay; otherwise the relay is split here.
     """
-    fields: dict[str, Any] = {
-        "recipient": recipient,
-        "orig_recipient": orig,
-        "relay": relay,
-        "delay": delay,
-        "delays": delays,
-        "dsn": dsn,
-        "status": status,
-        "reply": reply,
-    }
     if relay_parts is None and "[" in relay:
         m = _RELAY_HOST(relay)
         if m is not None:
             relay_parts = m.groups()
-    if relay_parts is not None:
-        fields.update(host_fields("relay", *relay_parts))
+    # One dict literal, not a dict then updates: this runs for a fifth of
+    # the lines of a busy log.
+    if relay_parts is None:
+        fields: dict[str, Any] = {
+            "recipient": recipient,
+            "orig_recipient": orig,
+            "relay": relay,
+            "delay": delay,
+            "delays": delays,
+            "dsn": dsn,
+            "status": status,
+            "reply": reply,
+        }
+    else:
+        host, ip, port = relay_parts
+        fields = {
+            "recipient": recipient,
+            "orig_recipient": orig,
+            "relay": relay,
+            "delay": delay,
+            "delays": delays,
+            "dsn": dsn,
+            "status": status,
+            "reply": reply,
+            "relay_host": host or None,
+            "relay_ip": ip or None,
+        }
+        if port:
+            fields["relay_port"] = int(port)
     if conn_use is not None:
         fields["conn_use"] = conn_use
     if status == "sent" and reply and " as " in reply:
@@ -75,9 +92,10 @@ def delivery_reading(
         qa = queued_as(reply)
         if qa:
             fields["queued_as"] = qa
-        fw = _FORWARDED(reply)
-        if fw:
-            fields["forwarded_as"] = fw.group(1)
+        if "forwarded as " in reply:
+            fw = _FORWARDED(reply)
+            if fw:
+                fields["forwarded_as"] = fw.group(1)
     return Reading(_DEFERRAL if status == "deferred" else _DELIVERY, None, fields)
 
 
