@@ -73,7 +73,7 @@ def parse(line: str, ctx: Context | None = None, mta: str = "auto") -> Event:
         more = _module("exim").continuation(line) if mta in ("auto", "exim") else None
         if more is None:
             return Event(None, None, None, None, None, None, _UNKNOWN, {}, line)
-        return Event(None, None, "exim", None, None, None, more.kind, more.fields, line)
+        return Event(None, None, "exim", None, None, None, more[0], more[2], line)
     ts, host, program, pid, payload = env
     which, reader = _READERS_OF.get((program, mta)) or _readers(program, mta)
     if which is None:
@@ -81,7 +81,8 @@ def parse(line: str, ctx: Context | None = None, mta: str = "auto") -> Event:
     reading = reader(payload, program) if reader is not None else None
     if reading is None:
         return Event(ts, host, which, program, pid, None, _UNKNOWN, {}, line)
-    return Event(ts, host, which, program, pid, reading.queue_id, reading.kind, reading.fields, line)
+    kind, queue_id, fields = reading
+    return Event(ts, host, which, program, pid, queue_id, kind, fields, line)
 
 
 _READERS_OF: dict[tuple[str | None, str], tuple[str | None, Reader | None]] = {}

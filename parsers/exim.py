@@ -53,7 +53,7 @@ import pyparsing as pp
 
 from .events import Kind
 from .grammar import ANGLE_ADDR, REST, read
-from .reading import Reading, host_fields, queued_as
+from .reading import Reading, host_fields, queued_as, with_queue_id
 
 S = pp.Suppress
 
@@ -355,7 +355,7 @@ def arrival_reading(flag: str, sender: str, tags: list[Tag], original_sender: st
     if fields["sender"] == "" and fields.get("bounce_of"):
         subject = fields.get("subject") or ""
         fields["notification"] = next((n for rx, n in _NOTIFICATIONS if rx.match(subject)), None)
-    return Reading(Kind.ENQUEUE, None, fields)
+    return (Kind.ENQUEUE, None, fields)
 
 
 _SENDER_RE = r'<>|(?:"[^"]*"|[^\s"<>])+'
@@ -381,7 +381,7 @@ def delivery_reading(flag: str, addr: Address, tags: list[Tag]) -> Reading:
     qa = _exim_queued_as(reply)
     if qa:
         fields["queued_as"] = qa
-    return Reading(Kind.DELIVERY, None, fields)
+    return (Kind.DELIVERY, None, fields)
 
 
 delivery = (pp.one_of("=> -> >> *>")("flag") + ADDRESS_OUT("addr") + TAGS("tags")).set_parse_action(
@@ -414,7 +414,7 @@ def deferral_reading(
     code, fields["dsn"] = _smtp_status(reply)
     if code is not None:
         fields["code"] = code
-    return Reading(Kind.DEFERRAL, None, fields)
+    return (Kind.DEFERRAL, None, fields)
 
 
 deferral = (
@@ -455,7 +455,7 @@ def failure_reading(addr: Address, tags: list[Tag], message: str | None) -> Read
         m = _REMOTE_HOST.search(text)  # before 4.8x the host was in the text
         if m is not None:
             _relay(fields, Host(m["name"], None, m["ip"], None))
-    return Reading(Kind.DELIVERY, None, fields)
+    return (Kind.DELIVERY, None, fields)
 
 
 failure = (S("**") + ADDRESS_FAIL("addr") + TAGS("tags") + pp.Opt(S(":") + REST("message"))).set_parse_action(
@@ -464,20 +464,18 @@ failure = (S("**") + ADDRESS_FAIL("addr") + TAGS("tags") + pp.Opt(S(":") + REST(
 
 #: ``addr <parent>: error ignored``: no notification about this failure.
 error_ignored = (ADDRESS_FAIL("addr") + S(":") + pp.Regex(r"error ignored.*", re.S)("text")).set_parse_action(
-    lambda t: Reading(
-        Kind.DELIVERY, None, {**_out_fields(t["addr"], []), "status": "failed", "reply": t["text"], "dsn": None}
-    )
+    lambda t: (Kind.DELIVERY, None, {**_out_fields(t["addr"], []), "status": "failed", "reply": t["text"], "dsn": None})
 )
 
 # -- Completed, and the queue's other notes about one message ------------------------
 
 completed = pp.Regex(r"Completed(?: QT=(?P<qt>" + _TIME_RE + r"))?").set_parse_action(
-    lambda t: Reading(Kind.REMOVED, None, {"delay": duration(t["qt"])} if t.get("qt") else {})
+    lambda t: (Kind.REMOVED, None, {"delay": duration(t["qt"])} if t.get("qt") else {})
 )
 
 
 def _admin(action: str, text: str, **extra: Any) -> Reading:
-    return Reading(Kind.ADMIN, None, {"action": action, "text": text, **{k: v for k, v in extra.items() if v}})
+    return (Kind.ADMIN, None, {"action": action, "text": text, **{k: v for k, v in extra.items() if v}})
 
 
 #: The administrator's ``exim -M...``, the queue runner's skips and thaws.
@@ -528,8 +526,10 @@ filter_check = pp.Regex(
     r"|(?P<dkim>DKIM: .*)",
     re.S,
 ).set_parse_action(
-    lambda t: Reading(
-        Kind.CHECK, None, {"action": next(a for a in ("discard", "ignore", "defer", "dkim") if t.get(a)), "text": t[0]}
+    lambda t: (
+        Kind.CHECK,
+        None,
+        {"action": next(a for a in ("discard", "ignore", "defer", "dkim") if t.get(a)), "text": t[0]},
     )
 )
 
@@ -550,7 +550,7 @@ def _attempt_note(t: pp.ParseResults) -> Reading:
         fields["reply"] = t["text"]
     else:
         fields["reply"] = t["plain"]
-    return Reading(Kind.DEFERRAL, None, fields)
+    return (Kind.DEFERRAL, None, fields)
 
 
 attempt_note.set_parse_action(_attempt_note)
@@ -566,7 +566,7 @@ message_service = pp.Regex(
     r"|Error while reading message with no usable sender address)(?: .*)?",
     re.S,
 ).set_parse_action(
-    lambda t: Reading(
+    lambda t: (
         Kind.SERVICE,
         None,
         {"text": t[0], **({"bounce_of": m.group(1)} if (m := _PARENT_REF.search(t[0])) else {})},
@@ -584,7 +584,7 @@ def connect_reading(client: Host, tags: list[Tag], count: int | None) -> Reading
             fields.update(host_fields("server", None, interface.ip, interface.port))
     if count is not None:
         fields["connection_count"] = count
-    return Reading(Kind.CONNECT, None, fields)
+    return (Kind.CONNECT, None, fields)
 
 
 #: ``SMTP connection from [ip]:port (TCP/IP connection count = 1)``: the
@@ -607,7 +607,7 @@ def disconnect_reading(client: Host, reason: str, detail: str | None) -> Reading
     m = _SESSION_TIME.search(f"{reason} {detail or ''}")
     if m is not None:
         fields["duration"] = duration(m.group(1))
-    return Reading(Kind.DISCONNECT, None, fields)
+    return (Kind.DISCONNECT, None, fields)
 
 
 #: How smtp_in.c ends a session: QUIT, a drop, a lost connection, a timeout.
@@ -681,7 +681,7 @@ def reject_reading(
     m = _LEADING_DSN.match(reply or "")
     fields["dsn"] = m["dsn"] if m else None
     fields.update({k: v for k, v in extra.items() if v is not None})
-    return Reading(Kind.REJECT, None, fields)
+    return (Kind.REJECT, None, fields)
 
 
 #: What an ACL refused (smtp_in.c's smtp_handle_acl_fail()): ``RCPT <x>``,
@@ -775,7 +775,7 @@ acl_discard = (
     + S(":")
     + pp.Regex(r"discarded by .*", re.S)("text")
 ).set_parse_action(
-    lambda t: Reading(
+    lambda t: (
         Kind.CHECK,
         None,
         {"action": "discard", "text": t["text"], "recipient": t["recipient"], **_tag_fields(list(t["tags"]))},
@@ -784,14 +784,14 @@ acl_discard = (
 
 #: An ACL ``warn`` with ``log_message``, or a warn statement skipped.
 acl_warn = (pp.Group(pp.OneOrMore(TAG))("tags") + S("Warning:") + REST("text")).set_parse_action(
-    lambda t: Reading(Kind.CHECK, None, {"action": "warn", "text": t["text"], **_tag_fields(list(t["tags"]))})
+    lambda t: (Kind.CHECK, None, {"action": "warn", "text": t["text"], **_tag_fields(list(t["tags"]))})
 )
 
 
 def _session_note(text: str, client: Host, **extra: Any) -> Reading:
     fields: dict[str, Any] = {"text": text.strip(), **_client_fields(client)}
     fields.update({k: v for k, v in extra.items() if v is not None})
-    return Reading(Kind.SERVICE, None, fields)
+    return (Kind.SERVICE, None, fields)
 
 
 _COMMANDS = re.compile(r"\bC=(\S+)")
@@ -837,7 +837,7 @@ _SERVICE = re.compile(
     r"|(?:spool|log) directory space check failed|Failed to create spool file ).*",
     re.S,
 )
-service = pp.Regex(_SERVICE).set_parse_action(lambda t: Reading(Kind.SERVICE, None, {"text": t[0].strip()}))
+service = pp.Regex(_SERVICE).set_parse_action(lambda t: (Kind.SERVICE, None, {"text": t[0].strip()}))
 
 #: What may follow ``<message id> ``. Order matters where a shape is a
 #: special case of a later one (``=> blackhole`` is not a delivery).
@@ -892,7 +892,7 @@ def continuation(text: str) -> Reading | None:
     that have no envelope of their own.
     """
     if _SUGGESTION.fullmatch(text):
-        return Reading(Kind.SERVICE, None, {"text": text.strip(), "continuation": True})
+        return (Kind.SERVICE, None, {"text": text.strip(), "continuation": True})
     fields: dict[str, Any] = {"continuation": True, "text": text}
     m = _ENVELOPE_DUMP.fullmatch(text)
     if m is not None:
@@ -905,14 +905,14 @@ def continuation(text: str) -> Reading | None:
             fields["recipients"] = addresses
             if len(addresses) == 1:
                 fields["recipient"] = addresses[0]
-        return Reading(Kind.REJECT, None, fields)
+        return (Kind.REJECT, None, fields)
     m = _HEADER_DUMP.fullmatch(text)
     if m is not None:
         fields["header"] = m["name"]
-        return Reading(Kind.REJECT, None, fields)
+        return (Kind.REJECT, None, fields)
     if _FOLDED.fullmatch(text):
         fields["header"] = None
-        return Reading(Kind.REJECT, None, fields)
+        return (Kind.REJECT, None, fields)
     return None
 
 
@@ -931,7 +931,7 @@ def _syslog_part(n: int, total: int, text: str) -> Reading | None:
         text = text[date.end() :]
     reading = fast(text) or parse_grammar(text)
     if reading is not None and total > 1:
-        reading.fields["parts"] = total
+        reading[2]["parts"] = total
     return reading
 
 
@@ -1040,18 +1040,18 @@ def fast(payload: str) -> Reading | None:
     if head is not None:
         reading = _fast_flagged(head["flag"], payload, head.end())
         if reading is not None:
-            reading.queue_id = head["qid"]
+            reading = with_queue_id(reading, head["qid"])
         return reading
     qid = _ID_AT.match(payload)
     if qid is not None:
         m = _ADMIN.fullmatch(payload, qid.end())
         if m is not None:
             reading = _admin_reading(m)
-            reading.queue_id = qid["qid"]
+            reading = with_queue_id(reading, qid["qid"])
             return reading
     m = _SERVICE.fullmatch(payload)
     if m is not None:
-        return Reading(Kind.SERVICE, None, {"text": payload.strip()})
+        return (Kind.SERVICE, None, {"text": payload.strip()})
     c = payload[:1]
     if c == "S":
         m = _FAST_SESSION.fullmatch(payload)
@@ -1072,11 +1072,11 @@ def fast(payload: str) -> Reading | None:
         if m is not None:
             tags = _scan_tags(" " + m["tags"], 0)[0]
             reading = reject_reading(None, tags, bool(m["temp"]), m["what"], m["arg"], m["reply"])
-            reading.queue_id = m["qid"]
+            reading = with_queue_id(reading, m["qid"])
             return reading
     m = _FAST_COMPLETED.fullmatch(payload)
     if m is not None:
-        return Reading(Kind.REMOVED, m["qid"], {"delay": duration(m["qt"])} if m["qt"] else {})
+        return (Kind.REMOVED, m["qid"], {"delay": duration(m["qt"])} if m["qt"] else {})
     return None
 
 

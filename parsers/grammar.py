@@ -13,7 +13,7 @@ from typing import Any
 
 import pyparsing as pp
 
-from .reading import Reading, host_fields
+from .reading import Reading, host_fields, with_queue_id
 
 #: ``<user@domain>``, ``<>``, or a quoted local part holding ``>``.
 ANGLE_ADDR = pp.Regex(r'<((?:"[^"]*"|[^<>"])*)>').set_parse_action(lambda t: t[0][1:-1]).set_name("<address>")
@@ -52,6 +52,6 @@ def read(grammar: pp.ParserElement, payload: str) -> Reading | None:
         t = grammar.parse_string(payload, parse_all=True)
     except pp.ParseException:
         return None
-    reading: Reading = t["reading"] if isinstance(t["reading"], Reading) else t["reading"][0]
-    reading.queue_id = t.get("queue_id")
+    reading: Reading = t["reading"] if isinstance(t["reading"], tuple) else t["reading"][0]
+    reading = with_queue_id(reading, t.get("queue_id"))
     return reading

@@ -96,7 +96,7 @@ def delivery_reading(
             fw = _FORWARDED(reply)
             if fw:
                 fields["forwarded_as"] = fw.group(1)
-    return Reading(_DEFERRAL if status == "deferred" else _DELIVERY, None, fields)
+    return (_DEFERRAL if status == "deferred" else _DELIVERY, None, fields)
 
 
 _DELIVERY, _DEFERRAL = Kind.DELIVERY, Kind.DEFERRAL  # enum attribute lookups are not free per line
@@ -167,8 +167,8 @@ def fast(payload: str) -> Reading | None:
         fields = host_fields("client", host, ip, port)
         if dis:
             fields["commands"] = commands.strip()
-            return Reading(_DISCONNECT, None, fields)
-        return None if commands else Reading(_CONNECT, None, fields)
+            return (_DISCONNECT, None, fields)
+        return None if commands else (_CONNECT, None, fields)
     qid = payload[:colon]
     rest = payload[colon + 2 :]
     if qid == "NOQUEUE":
@@ -185,7 +185,7 @@ def fast(payload: str) -> Reading | None:
         if m is None:
             return None
         rcpt, orig, relay, host, ip, port, conn, delay, delays, dsn, status, reply = m.groups()
-        reading = delivery_reading(
+        kind, _, fields = delivery_reading(
             rcpt,
             orig,
             relay,
@@ -197,29 +197,28 @@ def fast(payload: str) -> Reading | None:
             reply,
             (host, ip, port) if ip is not None else None,
         )
-        reading.queue_id = qid
-        return reading
+        return (kind, qid, fields)
     if head == "from":
         m = _FAST_ENQUEUE(rest)
         if m is None:
             return None
         sender, size, nrcpt = m.groups()
-        return Reading(_ENQUEUE, qid, {"sender": sender, "size": int(size), "nrcpt": int(nrcpt)})
+        return (_ENQUEUE, qid, {"sender": sender, "size": int(size), "nrcpt": int(nrcpt)})
     if head == "mess":
         if rest.startswith("message-id="):
-            return Reading(_MESSAGE_ID, qid, {"message_id": rest[11:], "resent": False})
+            return (_MESSAGE_ID, qid, {"message_id": rest[11:], "resent": False})
         return None
     if head == "remo":
-        return Reading(_REMOVED, qid, {}) if rest == "removed" else None
+        return (_REMOVED, qid, {}) if rest == "removed" else None
     if head == "clie":
         m = _FAST_CLIENT(rest)
-        return Reading(_CLIENT, qid, host_fields("client", *m.groups())) if m is not None else None
+        return (_CLIENT, qid, host_fields("client", *m.groups())) if m is not None else None
     if head == "send" or head == "post":
         m = _FAST_NOTIFICATION(rest)
         if m is None:
             return None
         to, notification, child = m.groups()
-        return Reading(_BOUNCE, qid, {"child": child, "notification": notification, "to": to})
+        return (_BOUNCE, qid, {"child": child, "notification": notification, "to": to})
     if head == "reje":
         return _reject_reading(qid, rest)
     return None
@@ -234,7 +233,7 @@ def _reject_reading(qid: str | None, rest: str) -> Reading | None:
     fields.update(
         code=int(code), dsn=dsn, reply=reply.strip(), sender=sender, recipient=recipient, protocol=protocol, helo=helo
     )
-    return Reading(_REJECT, qid, fields)
+    return (_REJECT, qid, fields)
 
 
 def parse(payload: str, program: str | None = None) -> Reading | None:
@@ -244,9 +243,18 @@ def parse(payload: str, program: str | None = None) -> Reading | None:
     lmtp, local, virtual, pipe...): the last part of the program name.
     """
     reading = fast(payload) or parse_grammar(payload)
-    if reading is not None and program and reading.kind in _ATTEMPTS and reading.fields.get("recipient"):
-        reading.fields["transport"] = program.rpartition("/")[2]
+    if reading is not None and program and reading[0] in _ATTEMPTS and reading[2].get("recipient"):
+        reading[2]["transport"] = _TRANSPORTS.get(program) or _transport(program)
     return reading
 
 
 _ATTEMPTS = (_DELIVERY, _DEFERRAL)
+#: program name -> its delivery agent: a log names a handful of programs.
+_TRANSPORTS: dict[str, str] = {}
+
+
+def _transport(program: str) -> str:
+    transport = program.rpartition("/")[2]
+    if len(_TRANSPORTS) < 10_000:
+        _TRANSPORTS[program] = transport
+    return transport

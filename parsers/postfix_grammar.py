@@ -68,13 +68,11 @@ enqueue = (
     + S(", nrcpt=")
     + NUMBER("nrcpt")
     + S("(queue active)")
-).set_parse_action(
-    lambda t: Reading(Kind.ENQUEUE, None, {"sender": t["sender"], "size": t["size"], "nrcpt": t["nrcpt"]})
-)
+).set_parse_action(lambda t: (Kind.ENQUEUE, None, {"sender": t["sender"], "size": t["size"], "nrcpt": t["nrcpt"]}))
 expired = (S("from=") + ANGLE_ADDR("sender") + S(", status=expired, returned to sender")).set_parse_action(
-    lambda t: Reading(Kind.EXPIRED, None, {"sender": t["sender"]})
+    lambda t: (Kind.EXPIRED, None, {"sender": t["sender"]})
 )
-removed = (pp.Keyword("removed") + pp.StringEnd()).set_parse_action(lambda t: Reading(Kind.REMOVED, None, {}))
+removed = (pp.Keyword("removed") + pp.StringEnd()).set_parse_action(lambda t: (Kind.REMOVED, None, {}))
 
 # -- smtpd / cleanup / pickup -------------------------------------------------
 
@@ -90,13 +88,13 @@ def _client_extra(extra: str | None) -> dict[str, Any]:
 
 
 client = (S("client=") + HOST_ADDR("client") + pp.Opt(S(",") + REST("extra"))).set_parse_action(
-    lambda t: Reading(Kind.CLIENT, None, {**addr_fields("client", t["client"]), **_client_extra(t.get("extra"))})
+    lambda t: (Kind.CLIENT, None, {**addr_fields("client", t["client"]), **_client_extra(t.get("extra"))})
 )
 message_id = (pp.Regex(r"(resent-)?message-id=")("header") + pp.Regex(r".*", re.S)("value")).set_parse_action(
-    lambda t: Reading(Kind.MESSAGE_ID, None, {"message_id": t["value"], "resent": t["header"] == "resent-message-id="})
+    lambda t: (Kind.MESSAGE_ID, None, {"message_id": t["value"], "resent": t["header"] == "resent-message-id="})
 )
 pickup = (S("uid=") + NUMBER("uid") + S("from=") + ANGLE_ADDR("sender")).set_parse_action(
-    lambda t: Reading(Kind.PICKUP, None, {"uid": t["uid"], "sender": t["sender"]})
+    lambda t: (Kind.PICKUP, None, {"uid": t["uid"], "sender": t["sender"]})
 )
 
 #: ``from=<a> to=<b> proto=ESMTP helo=<h>`` closing a reject or a check;
@@ -152,7 +150,7 @@ def _reject(t: pp.ParseResults) -> Reading:
     fields["dsn"] = t.get("dsn")
     fields["reply"] = t["reply"].strip()
     fields.update((k, t[k]) for k in _ENVELOPE_KEYS if k in t)
-    return Reading(Kind.REJECT if action in ("reject", "milter-reject") else Kind.CHECK, None, fields)
+    return (Kind.REJECT if action in ("reject", "milter-reject") else Kind.CHECK, None, fields)
 
 
 def _check(t: pp.ParseResults) -> Reading:
@@ -161,17 +159,17 @@ def _check(t: pp.ParseResults) -> Reading:
     if "client" in t:
         fields.update(addr_fields("client", t["client"]))
     fields.update((k, t[k]) for k in _ENVELOPE_KEYS if k in t)
-    return Reading(Kind.REJECT if action == "reject" else Kind.CHECK, None, fields)
+    return (Kind.REJECT if action == "reject" else Kind.CHECK, None, fields)
 
 
 smtpd_action.set_parse_action(_reject)
 check_action.set_parse_action(_check)
 
 connect = (S("connect from") + HOST_ADDR("client") + pp.StringEnd()).set_parse_action(
-    lambda t: Reading(Kind.CONNECT, None, addr_fields("client", t["client"]))
+    lambda t: (Kind.CONNECT, None, addr_fields("client", t["client"]))
 )
 disconnect = (S("disconnect from") + HOST_ADDR("client") + REST("commands")).set_parse_action(
-    lambda t: Reading(Kind.DISCONNECT, None, {**addr_fields("client", t["client"]), "commands": t["commands"].strip()})
+    lambda t: (Kind.DISCONNECT, None, {**addr_fields("client", t["client"]), "commands": t["commands"].strip()})
 )
 
 # -- bounce / postsuper / smtp notes -------------------------------------------
@@ -182,11 +180,11 @@ notification = (
     + S("notification:")
     + pp.Regex(f"{QID_RE}$")("child")
 ).set_parse_action(
-    lambda t: Reading(Kind.BOUNCE, None, {"child": t["child"], "notification": t["notification"], "to": t["to"]})
+    lambda t: (Kind.BOUNCE, None, {"child": t["child"], "notification": t["notification"], "to": t["to"]})
 )
 #: postsuper on one message; its "removed" is the REMOVED rule above.
 admin = (pp.Regex(r"placed on hold|released from hold|requeued")("action") + pp.StringEnd()).set_parse_action(
-    lambda t: Reading(Kind.ADMIN, None, {"action": t["action"]})
+    lambda t: (Kind.ADMIN, None, {"action": t["action"]})
 )
 #: The smtp client's notes about one host of an attempt; the per-recipient
 #: line follows. No recipient: the whole attempt to that host failed.
@@ -194,15 +192,15 @@ attempt_note = pp.Regex(
     r"(?:host \S+ (?:said|refused to talk to me)|lost connection with|conversation with|"
     r"enabling PIX workarounds|connect to|Server certificate not verified|TLS is required)\b.*",
     re.S,
-).set_parse_action(lambda t: Reading(Kind.DEFERRAL, None, {"recipient": None, "reply": t[0]}))
+).set_parse_action(lambda t: (Kind.DEFERRAL, None, {"recipient": None, "reply": t[0]}))
 
 # -- postscreen ---------------------------------------------------------------
 
 ps_connect = (S("CONNECT from") + HOST_ADDR("client") + S("to") + HOST_ADDR("server")).set_parse_action(
-    lambda t: Reading(Kind.CONNECT, None, {**addr_fields("client", t["client"]), **addr_fields("server", t["server"])})
+    lambda t: (Kind.CONNECT, None, {**addr_fields("client", t["client"]), **addr_fields("server", t["server"])})
 )
 ps_disconnect = (S("DISCONNECT") + HOST_ADDR("client")).set_parse_action(
-    lambda t: Reading(Kind.DISCONNECT, None, addr_fields("client", t["client"]))
+    lambda t: (Kind.DISCONNECT, None, addr_fields("client", t["client"]))
 )
 
 # -- what Postfix says about itself ----------------------------------------------
@@ -225,7 +223,7 @@ service = pp.Regex(
     r"|ALLOWLIST VETO|NOQUEUE: lost connection) .*"
     r"|cache \S+ full cleanup: .*|connect to \S+: .*|mapping DSN status .*",
     re.S,
-).set_parse_action(lambda t: Reading(Kind.SERVICE, None, {"text": t[0]}))
+).set_parse_action(lambda t: (Kind.SERVICE, None, {"text": t[0]}))
 
 #: What may follow ``QUEUEID: ``.
 with_queue_id = (

@@ -43,7 +43,7 @@ import pyparsing as pp
 
 from .events import Kind
 from .grammar import DSN_CODE, NUMBER, REST, read
-from .reading import Reading, queued_as
+from .reading import Reading, queued_as, with_queue_id
 
 S = pp.Suppress
 
@@ -204,7 +204,7 @@ def enqueue_reading(
         fields["daemon"] = daemon
     if relay is not None:
         fields.update(relay_fields("client", relay))
-    return Reading(Kind.ENQUEUE, None, fields)
+    return (Kind.ENQUEUE, None, fields)
 
 
 enqueue = (
@@ -331,7 +331,7 @@ def delivery_reading(
                 qa = m["id"] or m["exim"]
         if qa:
             fields["queued_as"] = qa
-    return Reading(kind, None, fields)
+    return (kind, None, fields)
 
 
 delivery = (
@@ -403,7 +403,7 @@ def bounce_reading(child: str, label: str, text: str) -> Reading:
         fields["to"] = "sender"
     elif label in ("postmaster notify", "return to sender"):
         fields["to"] = "postmaster"
-    return Reading(Kind.BOUNCE, None, fields)
+    return (Kind.BOUNCE, None, fields)
 
 
 notification = (
@@ -412,7 +412,7 @@ notification = (
 
 
 def done_reading(delay: str, ntries: str) -> Reading:
-    return Reading(Kind.REMOVED, None, {"delay": seconds(delay), "ntries": int(ntries)})
+    return (Kind.REMOVED, None, {"delay": seconds(delay), "ntries": int(ntries)})
 
 
 done = (S("done; delay=") + token(_INTERVAL_RE)("delay") + S(", ntries=") + token(_DIGITS)("ntries")).set_parse_action(
@@ -426,7 +426,7 @@ clone = (
     (CHILD_ID("child") + S(": clone: owner=") + REST("owner"))
     | (S("clone") + pp.Regex(_QID_RE)("child") + S(", owner=") + REST("owner"))
 ).set_parse_action(
-    lambda t: Reading(Kind.REQUEUE, None, {"queued_as": t["child"], "action": "clone", "owner": bare(t["owner"])})
+    lambda t: (Kind.REQUEUE, None, {"queued_as": t["child"], "action": "clone", "owner": bare(t["owner"])})
 )
 #: queue.c ``split_by_recipient``: the envelope was split into new ids
 #: (MaxRecipientsPerMessage, queue groups).
@@ -439,7 +439,7 @@ split = (
     + pp.Regex(r"ids?=")
     + pp.Regex(r".+")("ids")
 ).set_parse_action(
-    lambda t: Reading(
+    lambda t: (
         Kind.REQUEUE,
         None,
         {
@@ -455,7 +455,7 @@ split = (
 #: ``alias team@x => bob,carol,dave`` (LogLevel > 10); the list is cut at
 #: 203 characters with ``...``.
 expansion = (S("alias") + pp.Regex(r"\S+?(?= => )")("alias") + S("=>") + REST("members")).set_parse_action(
-    lambda t: Reading(
+    lambda t: (
         Kind.EXPANSION,
         None,
         {"recipient": bare(t["alias"]), "members": addresses(t["members"].removesuffix("..."))}
@@ -508,7 +508,7 @@ def ruleset_reading(
     elif value is not None:
         fields["text"] = value
     kind = Kind.REJECT if action == "reject" and ruleset != "trust_auth" else Kind.CHECK
-    return Reading(kind, None, fields)
+    return (kind, None, fields)
 
 
 _RULESET = r"[^,\s]+"
@@ -544,7 +544,7 @@ def address_error_reading(addr: str, text: str) -> Reading:
         fields["sender"] = bare(addr)
     else:
         fields["recipient"] = bare(addr)
-    return Reading(Kind.REJECT, None, fields)
+    return (Kind.REJECT, None, fields)
 
 
 _ERROR_ADDR = r'<(?:"[^"]*"|[^<>"])*>|"[^"]*"|[^\s<>"]+?'
@@ -556,7 +556,7 @@ address_error = (token(_ERROR_TOKEN)("addr") + S("... ") + token(_REST)("text"))
 
 
 def connect_reading(relay: str) -> Reading:
-    return Reading(Kind.CONNECT, None, relay_fields("client", relay))
+    return (Kind.CONNECT, None, relay_fields("client", relay))
 
 
 connect = (S("connect from ") + token(_REST)("relay")).set_parse_action(lambda t: connect_reading(t["relay"]))
@@ -565,7 +565,7 @@ connect = (S("connect from ") + token(_REST)("relay")).set_parse_action(lambda t
 tcpwrappers = (
     S("tcpwrappers (") + pp.Regex(r"[^,]*")("host") + S(",") + pp.Regex(r"[^)]*")("ip") + S(") rejection")
 ).set_parse_action(
-    lambda t: Reading(
+    lambda t: (
         Kind.REJECT,
         None,
         {"stage": "CONNECT", "code": None, "dsn": None, "reply": "tcpwrappers rejection"}
@@ -577,7 +577,7 @@ tcpwrappers = (
 def gone_reading(client: str, reason: str, **extra: Any) -> Reading:
     """The client went away or stalled: the transaction, and any envelope
     under this queue id, ends here without a ``from=`` line."""
-    return Reading(Kind.DISCONNECT, None, {**relay_fields("client", client), "reason": reason, **extra})
+    return (Kind.DISCONNECT, None, {**relay_fields("client", client), "reason": reason, **extra})
 
 
 #: srvrsmtp.c: ``lost input channel from host [ip] to MTA after rcpt``.
@@ -596,7 +596,7 @@ timeout_input = (
     S("timeout waiting for input from") + pp.Regex(r".*?(?= during )")("peer") + S("during") + REST("during")
 ).set_parse_action(
     lambda t: (
-        Reading(Kind.SERVICE, None, {"text": f"timeout waiting for input from {t['peer']} during {t['during']}"})
+        (Kind.SERVICE, None, {"text": f"timeout waiting for input from {t['peer']} during {t['during']}"})
         if t["during"].startswith("client")
         else gone_reading(t["peer"], "timeout", during=t["during"])
     )
@@ -616,10 +616,10 @@ def collect_reading(relay: str, sender: str, info: str, where: str | None, statu
     if where is not None:
         fields["where"] = where
     if status == "tempfail":
-        return Reading(Kind.REJECT, None, {**fields, "stage": "DATA", "code": None, "dsn": None, "reply": info})
+        return (Kind.REJECT, None, {**fields, "stage": "DATA", "code": None, "dsn": None, "reply": info})
     if status is not None:
-        return Reading(Kind.CHECK, None, {**fields, "action": status, "text": info})
-    return Reading(Kind.DISCONNECT, None, {**fields, "reason": info})
+        return (Kind.CHECK, None, {**fields, "action": status, "text": info})
+    return (Kind.DISCONNECT, None, {**fields, "reason": info})
 
 
 collect = S("collect:") + (
@@ -635,7 +635,7 @@ collect = S("collect:") + (
     ).set_parse_action(lambda t: collect_reading(t["relay"], t["sender"], t["info"], t.get("where"), t.get("status")))
     # Before 8.15: "premature EOM: why", "I/O error on connection from h, from=<a>"...
     | (S("premature EOM:") + REST("why")).set_parse_action(
-        lambda t: Reading(Kind.DISCONNECT, None, {"reason": f"premature EOM: {t['why']}"})
+        lambda t: (Kind.DISCONNECT, None, {"reason": f"premature EOM: {t['why']}"})
     )
     | (
         pp.Regex(r"I/O error|unexpected close|read timeout")("why")
@@ -650,14 +650,14 @@ collect = S("collect:") + (
 #: Size and header limits refused in collect.c.
 too_big = pp.Regex(
     r"message size \(\d+\) exceeds maximum \(\d+\)|headers too large \(\d+ max\) from .* during message collect"
-).set_parse_action(lambda t: Reading(Kind.REJECT, None, {"stage": "DATA", "code": None, "dsn": None, "reply": t[0]}))
+).set_parse_action(lambda t: (Kind.REJECT, None, {"stage": "DATA", "code": None, "dsn": None, "reply": t[0]}))
 
 #: srvrsmtp.c's refusals of a whole session.
 session_reject = (
     pp.Regex(r"rejecting commands from (?P<client>.*) due to pre-greeting traffic after \d+ seconds")
     | pp.Regex(r"rejecting \S+ from (?P<client>.*) due to traffic before response")
 ).set_parse_action(
-    lambda t: Reading(
+    lambda t: (
         Kind.REJECT,
         None,
         {"stage": "CONNECT", "code": None, "dsn": None, "reply": t[0], **relay_fields("client", t["client"])},
@@ -699,10 +699,10 @@ def milter_verdict(what: str, arg: str | None, action: str, value: str | None, m
             fields["helo"] = arg
     if action in ("reject", "tempfail"):
         fields.update(reply_fields(value) if value else {"code": None, "dsn": None, "reply": None})
-        return Reading(Kind.REJECT, None, fields)
+        return (Kind.REJECT, None, fields)
     if value is not None:
         fields["text"] = value
-    return Reading(Kind.CHECK, None, fields)
+    return (Kind.CHECK, None, fields)
 
 
 _VERDICT = r"(?P<action>reject|tempfail|discard|quarantine|accepted|continue|skip)(?:=(?P<value>.*))?"
@@ -729,7 +729,7 @@ def milter_change(milter: str | None, change: str) -> Reading:
         fields["recipient"] = bare(m["rcpt"])
     elif change.startswith("chgfrom: "):
         fields["sender"] = bare(change[9:])
-    return Reading(Kind.CHECK, None, fields)
+    return (Kind.CHECK, None, fields)
 
 
 milter_edit = (
@@ -738,13 +738,13 @@ milter_edit = (
     + pp.Regex(r"(?:add|insert \(\d+\)|change(?: \(add\))?|delete(?: \(noop\))?|chgfrom|message): .*", re.S)("change")
 ).set_parse_action(lambda t: milter_change(t.get("milter"), t["change"]))
 milter_accept = pp.Regex(r"Milter accept: message").set_parse_action(
-    lambda t: Reading(Kind.CHECK, None, {"action": "milter-accept", "text": t[0]})
+    lambda t: (Kind.CHECK, None, {"action": "milter-accept", "text": t[0]})
 )
 milter_connect = pp.Regex(
     r"Milter: connect: host=(?P<host>[^,]*), addr=(?P<ip>[^,]*), "
     r"(?P<what>rejecting commands|temp failing commands|shutdown)"
 ).set_parse_action(
-    lambda t: Reading(
+    lambda t: (
         Kind.REJECT,
         None,
         {
@@ -765,19 +765,15 @@ milter_connect = pp.Regex(
 #: Sendmail added), ``discarded``, and the last resorts of savemail.c.
 message_note = (
     pp.Regex(r"Authentication-Warning: .*", re.S).set_parse_action(
-        lambda t: Reading(Kind.CHECK, None, {"action": "authentication-warning", "text": t[0][24:]})
+        lambda t: (Kind.CHECK, None, {"action": "authentication-warning", "text": t[0][24:]})
     )
     | (pp.Keyword("discarded") + pp.StringEnd()).set_parse_action(
-        lambda t: Reading(Kind.CHECK, None, {"action": "discard", "text": "discarded"})
+        lambda t: (Kind.CHECK, None, {"action": "discard", "text": "discarded"})
     )
-    | pp.Regex(r"Saved message in .*").set_parse_action(
-        lambda t: Reading(Kind.CHECK, None, {"action": "saved", "text": t[0]})
-    )
-    | pp.Regex(r"Losing \S+: .*").set_parse_action(
-        lambda t: Reading(Kind.CHECK, None, {"action": "lost", "text": t[0]})
-    )
+    | pp.Regex(r"Saved message in .*").set_parse_action(lambda t: (Kind.CHECK, None, {"action": "saved", "text": t[0]}))
+    | pp.Regex(r"Losing \S+: .*").set_parse_action(lambda t: (Kind.CHECK, None, {"action": "lost", "text": t[0]}))
     | pp.Regex(r"(?:<[^<>]*>|\S+)\.\.\. aliased to .*").set_parse_action(
-        lambda t: Reading(
+        lambda t: (
             Kind.EXPANSION,
             None,
             {
@@ -801,7 +797,7 @@ def service_reading(text: str) -> Reading:
     if m is not None:
         fields.update(relay_fields("client", m["client"]))
         fields["daemon"] = m["daemon"]
-    return Reading(Kind.SERVICE, None, fields)
+    return (Kind.SERVICE, None, fields)
 
 
 # -- what Sendmail says about itself -------------------------------------------------
@@ -1034,7 +1030,7 @@ def fast(payload: str) -> Reading | None:
         if m is None:
             return _fast_rest(payload)
         reading = bounce_reading(m["child"], m["label"], m["text"])
-    reading.queue_id = m["qid"]
+    reading = with_queue_id(reading, m["qid"])
     return reading
 
 
@@ -1064,7 +1060,7 @@ def _fast_rest(payload: str) -> Reading | None:
             reading = address_error_reading(m["addr"], m["text"])
         else:
             return None
-    reading.queue_id = p["qid"] if p is not None else None
+    reading = with_queue_id(reading, p["qid"] if p is not None else None)
     return reading
 
 

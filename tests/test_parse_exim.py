@@ -628,10 +628,12 @@ def test_reject_log_file_header_dump() -> None:
     }
     for text, fields in dump.items():
         reading = ex.continuation(text)
-        assert reading is not None and reading.kind is Kind.REJECT, text
-        assert reading.fields["continuation"] is True
+        assert reading is not None, text
+        kind, _, found = reading
+        assert kind is Kind.REJECT, text
+        assert found["continuation"] is True
         for key, value in fields.items():
-            assert reading.fields[key] == value, (text, key)
+            assert found[key] == value, (text, key)
     for text in ("", "garbage", "2026-03-01 12:00:00 Completed"):
         assert ex.continuation(text) is None
 
