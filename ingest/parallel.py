@@ -42,6 +42,7 @@ import operator
 import os
 import time
 import traceback
+from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -117,16 +118,44 @@ class _Collected:
 
 @dataclass(slots=True)
 class _Correlation:
-    """What correlating some lines from nothing left."""
+    """What correlating some lines from nothing left.
+
+    Which lines touched which keys is kept as two flat lists, not as a
+    list of line numbers per key: ``hits``, every key touched, in order,
+    and ``marks``, for each line, how many hits there were up to and
+    including it. Appending to those is all a line costs; the per-key
+    views (``keys``, ``ties``, ``lines_touching``) are made once, at the
+    end, for the few keys that need them. (Filling a dict of lists per
+    line cost as much as correlating the line.)
+    """
 
     correlator: Correlator
     collected: _Collected
     kinds: Counter = field(default_factory=Counter)
-    lines: int = 0
-    #: The numbers of the lines that touched each key, from 1.
-    lines_of: defaultdict[Key, list[int]] = field(default_factory=lambda: defaultdict(list))
-    #: Keys that one line touched together (a bounce and its parent).
-    ties: list[tuple[Key, ...]] = field(default_factory=list)
+    hits: list[Key] = field(default_factory=list)
+    marks: list[int] = field(default_factory=list)
+
+    @property
+    def lines(self) -> int:
+        return len(self.marks)
+
+    def keys(self) -> set[Key]:
+        return set(self.hits)
+
+    def ties(self) -> list[tuple[Key, ...]]:
+        """Keys that one line touched together (a bounce and its parent)."""
+        hits, out, before = self.hits, [], 0
+        for mark in self.marks:
+            if mark - before > 1:
+                out.append(tuple(hits[before:mark]))
+            before = mark
+        return out
+
+    def lines_touching(self, keys: set[Key]) -> list[int]:
+        """The numbers (from 1) of the lines that touched any of ``keys``, in order."""
+        marks = self.marks
+        # Hit j belongs to the line after the last one whose mark is <= j.
+        return sorted({bisect_right(marks, j) + 1 for j, key in enumerate(self.hits) if key in keys})
 
     def records(self) -> list[TrackingRecord]:
         """Every record, settled."""
@@ -135,16 +164,15 @@ class _Correlation:
 
 
 def _correlate(blocks: Iterable[tuple[str, list[str]]], settings: Settings, tz: str | None, mta: str) -> _Correlation:
-    """Correlate the lines of ``blocks`` from nothing, noting which line
-    numbers touched which keys."""
+    """Correlate the lines of ``blocks`` from nothing, noting which lines
+    touched which keys."""
     collected = _Collected()
     done = _Correlation(Correlator(collected, settings), collected)  # type: ignore[arg-type]
-    touched: list[Key] = []
-    done.correlator.on_touch = touched.append
-    apply, lines_of, ties = done.correlator.apply, done.lines_of, done.ties
+    hits = done.hits
+    done.correlator.on_touch = hits.append
+    apply, marks = done.correlator.apply, done.marks
     zone = ZoneInfo(tz) if tz else None
     contexts: dict[str, Context] = {}
-    n = 0
     for path, block in blocks:
         ctx = contexts.get(path)
         if ctx is None:
@@ -152,16 +180,7 @@ def _correlate(blocks: Iterable[tuple[str, list[str]]], settings: Settings, tz: 
             ctx = contexts[path] = Context(tz=zone, reference=ref) if zone else Context(reference=ref)
         events = [parse(text, ctx, mta) for text in block]
         done.kinds.update(map(_KIND, events))
-        for ev in events:
-            n += 1
-            apply(ev)
-            if touched:
-                for key in touched:
-                    lines_of[key].append(n)
-                if len(touched) > 1:
-                    ties.append(tuple(touched))
-                touched.clear()
-    done.lines = n
+        marks += [apply(ev) or len(hits) for ev in events]  # apply returns None
     return done
 
 
@@ -182,12 +201,11 @@ def _range_process(
     gc.disable()
     try:
         done = _correlate(_blocks(run), settings, tz, mta)
-        lines_of = done.lines_of
-        conn.send(_Correlated(done.lines, done.kinds, set(lines_of), done.ties))
+        conn.send(_Correlated(done.lines, done.kinds, done.keys(), done.ties()))
         records = done.records()  # settled while the parent finds the spanning keys
 
         spanning: set[Key] = conn.recv()
-        numbers = sorted({i for key in spanning & lines_of.keys() for i in lines_of[key]})
+        numbers = done.lines_touching(spanning)
         by_hour: defaultdict[str, list[TrackingRecord]] = defaultdict(list)
         for r in records:
             if (r.host, r.queue_id) not in spanning:

@@ -73,8 +73,23 @@ def test_generated_log_with_spanning_messages(tmp_path: Path, generated: Path, j
     assert got == want
     # the cuts did fall inside messages: some keys had to be correlated again
     runs = cut([str(generated)], jobs)
-    touched = [parallel._correlate(parallel._blocks(run), SETTINGS, None, "auto").lines_of for run in runs]
-    assert len(runs) == jobs and parallel._spanning([set(t) for t in touched], [])
+    touched = [parallel._correlate(parallel._blocks(run), SETTINGS, None, "auto").keys() for run in runs]
+    assert len(runs) == jobs and parallel._spanning(touched, [])
+
+
+def test_lines_and_ties_read_back_from_the_flat_hits() -> None:
+    """Line 1 touches a, line 2 nothing, line 3 b and a (a bounce and its
+    parent), line 4 c, line 5 a."""
+    done = parallel._Correlation(None, None)  # type: ignore[arg-type]
+    a, b, c = ("h", "A"), ("h", "B"), ("h", "C")
+    done.hits += [a, b, a, c, a]
+    done.marks += [1, 1, 3, 4, 5]
+    assert done.lines == 5
+    assert done.keys() == {a, b, c}
+    assert done.ties() == [(b, a)]
+    assert done.lines_touching({a}) == [1, 3, 5]
+    assert done.lines_touching({b, c}) == [3, 4]
+    assert done.lines_touching(set()) == []
 
 
 def test_rotated_set_cut_across_files(tmp_path: Path, generated: Path) -> None:
