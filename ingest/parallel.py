@@ -42,6 +42,7 @@ import operator
 import os
 import time
 import traceback
+from array import array
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -133,7 +134,7 @@ class _Correlation:
     collected: _Collected
     kinds: Counter = field(default_factory=Counter)
     hits: list[Key] = field(default_factory=list)
-    marks: list[int] = field(default_factory=list)
+    marks: array[int] = field(default_factory=lambda: array("q"))  # 8 bytes a line, not 36
 
     @property
     def lines(self) -> int:
@@ -180,7 +181,7 @@ def _correlate(blocks: Iterable[tuple[str, list[str]]], settings: Settings, tz: 
             ctx = contexts[path] = Context(tz=zone, reference=ref) if zone else Context(reference=ref)
         events = [parse(text, ctx, mta) for text in block]
         done.kinds.update(map(_KIND, events))
-        marks += [apply(ev) or len(hits) for ev in events]  # apply returns None
+        marks.extend([apply(ev) or len(hits) for ev in events])  # apply returns None
     return done
 
 

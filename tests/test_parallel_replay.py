@@ -83,7 +83,7 @@ def test_lines_and_ties_read_back_from_the_flat_hits() -> None:
     done = parallel._Correlation(None, None)  # type: ignore[arg-type]
     a, b, c = ("h", "A"), ("h", "B"), ("h", "C")
     done.hits += [a, b, a, c, a]
-    done.marks += [1, 1, 3, 4, 5]
+    done.marks.extend([1, 1, 3, 4, 5])
     assert done.lines == 5
     assert done.keys() == {a, b, c}
     assert done.ties() == [(b, a)]
