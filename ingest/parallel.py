@@ -121,8 +121,8 @@ class _Collected:
 class _Correlation:
     """What correlating some lines from nothing left.
 
-    Which lines touched which keys is kept as two flat lists, not as a
-    list of line numbers per key: ``hits``, every key touched, in order,
+    Which lines touched which keys is kept as two flat sequences, not as
+    a list of line numbers per key: ``hits``, every key touched, in order,
     and ``marks``, for each line, how many hits there were up to and
     including it. Appending to those is all a line costs; the per-key
     views (``keys``, ``ties``, ``lines_touching``) are made once, at the

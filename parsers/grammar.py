@@ -53,5 +53,4 @@ def read(grammar: pp.ParserElement, payload: str) -> Reading | None:
     except pp.ParseException:
         return None
     reading: Reading = t["reading"] if isinstance(t["reading"], tuple) else t["reading"][0]
-    reading = with_queue_id(reading, t.get("queue_id"))
-    return reading
+    return with_queue_id(reading, t.get("queue_id"))

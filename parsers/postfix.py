@@ -55,33 +55,20 @@ def delivery_reading(
         m = _RELAY_HOST(relay)
         if m is not None:
             relay_parts = m.groups()
-    # One dict literal, not a dict then updates: this runs for a fifth of
-    # the lines of a busy log.
-    if relay_parts is None:
-        fields: dict[str, Any] = {
-            "recipient": recipient,
-            "orig_recipient": orig,
-            "relay": relay,
-            "delay": delay,
-            "delays": delays,
-            "dsn": dsn,
-            "status": status,
-            "reply": reply,
-        }
-    else:
+    fields: dict[str, Any] = {
+        "recipient": recipient,
+        "orig_recipient": orig,
+        "relay": relay,
+        "delay": delay,
+        "delays": delays,
+        "dsn": dsn,
+        "status": status,
+        "reply": reply,
+    }
+    if relay_parts is not None:  # host_fields' keys, set here: this runs for a fifth of a busy log's lines
         host, ip, port = relay_parts
-        fields = {
-            "recipient": recipient,
-            "orig_recipient": orig,
-            "relay": relay,
-            "delay": delay,
-            "delays": delays,
-            "dsn": dsn,
-            "status": status,
-            "reply": reply,
-            "relay_host": host or None,
-            "relay_ip": ip or None,
-        }
+        fields["relay_host"] = host or None
+        fields["relay_ip"] = ip or None
         if port:
             fields["relay_port"] = int(port)
     if conn_use is not None:
