@@ -226,7 +226,7 @@ service = pp.Regex(
 ).set_parse_action(lambda t: (Kind.SERVICE, None, {"text": t[0]}))
 
 #: What may follow ``QUEUEID: ``.
-with_queue_id = (
+after_queue_id = (
     delivery
     | enqueue
     | expired
@@ -243,7 +243,7 @@ with_queue_id = (
 #: Payloads without a queue id.
 without_queue_id = (S("NOQUEUE:") + smtpd_action) | connect | disconnect | ps_connect | ps_disconnect | service
 
-GRAMMAR = (QUEUE_ID("queue_id") + S(":") + with_queue_id("reading")) | without_queue_id("reading")
+GRAMMAR = (QUEUE_ID("queue_id") + S(":") + after_queue_id("reading")) | without_queue_id("reading")
 
 
 def parse(payload: str) -> Reading | None:
