@@ -46,6 +46,10 @@ class Context:
     #: costs an addition, not a year inference and a zone conversion. (A
     #: zone's offset changes on a minute, never within one.)
     _minutes: dict[str, datetime | None] = field(default_factory=dict, compare=False, repr=False)
+    #: BSD stamps that ``BSD`` matched on a line, with their time: a line
+    #: whose first 15 characters are one of them has a valid stamp, and
+    #: ``split`` reads the rest of its envelope without the regex.
+    _matched: dict[str, datetime] = field(default_factory=dict, compare=False, repr=False)
 
     def bsd(self, stamp: str) -> datetime | None:
         """``Mar  1 12:00:00`` -> aware UTC, or None when it is not a date."""
@@ -189,10 +193,25 @@ def split(line: str, ctx: Context) -> Envelope | None:
 
     For an Exim line inside syslog, the payload and time are Exim's own.
     """
+    # The shortcut: a line whose stamp, host and ``prog[pid]:`` head (each
+    # running to a space) were all matched by ``BSD`` before is read as
+    # ``BSD`` would read it, by one split, for two thirds of the regex's
+    # cost. Anything else, and every Exim head, goes to the regexes.
+    ts = ctx._matched.get(line[:16])
+    if ts is not None:
+        parts = line[16:].split(" ", 2)
+        if len(parts) == 3:
+            host, head, payload = parts
+            known = _HEADS.get(head)
+            if known is not None and host in _HOSTS:
+                program, pid = known
+                return (ts, host, program, pid, payload)
     m = BSD.match(line)
     if m is not None:
         stamp, host, program, pid, payload = m.groups()
         ts = ctx._memo.get(stamp) or ctx.bsd(stamp)  # the memo first: most lines share a second
+        if ts is not None:
+            _learn(ctx, m, ts)
     else:
         m = RFC3339.match(line)
         if m is None:
@@ -211,6 +230,30 @@ def split(line: str, ctx: Context) -> Envelope | None:
             ts = exim_time(inner["date"], inner["tz"], ctx) or ts
             payload = inner["payload"]
     return (ts, host, program, _PIDS.get(pid) or _pid(pid), payload)
+
+
+#: Heads (``prog[pid]:``) and hosts that ``BSD`` has matched, with what it
+#: read from them: a log names a few hosts and a few thousand processes.
+_HEADS: dict[str, tuple[str, int | None]] = {}
+_HOSTS: set[str] = set()
+
+
+def _learn(ctx: Context, m: re.Match[str], ts: datetime) -> None:
+    """Remember what ``BSD`` matched, for ``split``'s shortcut: the stamp
+    with the space after it, the host, and the head with its colon; not an
+    Exim program's head, whose payload holds a second date to read."""
+    matched = ctx._matched
+    if len(matched) >= 100_000:
+        matched.clear()
+    matched[m["stamp"] + " "] = ts
+    if len(_HOSTS) < 10_000:
+        _HOSTS.add(m["host"])
+    program, pid = m["prog"], m["pid"]
+    if not program.startswith("exim"):
+        if len(_HEADS) >= 65_536:
+            _HEADS.clear()
+        head = m.string[m.start("prog") : m.end("pid") + 2 if pid else m.end("prog") + 1]
+        _HEADS[head] = (program, _PIDS.get(pid) or _pid(pid))
 
 
 #: pid text -> int: a log's lines come from a few hundred live processes,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from parsers import envelope
 from parsers.envelope import Context, infer_year
@@ -136,3 +139,43 @@ def test_bsd_time_is_the_zone_time_through_daylight_saving_changes(zone: str) ->
                 want = datetime(2026, month, day, hh, mm, second, tzinfo=tz).astimezone(UTC)
                 assert c.bsd(stamp) == want, stamp
     assert c.bsd("Mar  1 12:00:60") is None  # no leap seconds in syslog stamps
+
+
+def _read_twice(lines: list[str]) -> None:
+    """Every line reads the same once its stamp, host and head have been
+    seen (``split``'s shortcut) as the regexes alone read it (a context
+    that has seen nothing)."""
+    seen = ctx()
+    for line in lines:
+        envelope.split(line, seen)
+    for line in lines:
+        assert envelope.split(line, seen) == envelope.split(line, ctx()), repr(line)
+
+
+def test_the_shortcut_reads_every_sample_line_as_the_regexes_do() -> None:
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    lines = [
+        line
+        for mta in ("postfix", "exim", "sendmail")
+        for path in sorted((samples / mta).iterdir())
+        if path.name not in ("expected.json", "README.md")
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+    ]
+    assert len(lines) > 500
+    _read_twice(lines)
+
+
+_PIECES = st.sampled_from(["Mar  1 12:00:00", "Mar 10 12:00:00", "Feb 30 12:00:00", "Mar  1 12:00:0"])
+_SEPARATORS = st.sampled_from([" ", "  ", "\t", ":", ""])
+_HOSTS = st.sampled_from(["mx1", "mx1.example.org", "", "m\tx", "mx1:", "m\u00e9", "[::1]"])
+_HEADS = st.sampled_from(
+    ["postfix/smtpd[12]:", "postfix/qmgr:", "exim[5]:", "exim4:", "sm-mta[7]:", "p[x]:", "p[1:", "p]1[:", "p:q[1]:"]
+)
+
+
+@given(st.lists(st.tuples(_PIECES, _SEPARATORS, _HOSTS, _SEPARATORS, _HEADS, _SEPARATORS, st.text()), max_size=12))
+def test_the_shortcut_reads_lookalike_lines_as_the_regexes_do(parts: list[tuple[str, ...]]) -> None:
+    """Stamps, hosts and heads that the regexes take or refuse, run
+    together with every kind of separator: whatever the shortcut has
+    learned from some of them, it reads the others as the regexes do."""
+    _read_twice(["".join(p) for p in parts])
