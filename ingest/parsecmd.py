@@ -19,7 +19,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TextIO
+from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
 from parsers import Context, Event, Kind, parse
@@ -36,6 +36,13 @@ PARALLEL_FROM = 16 * 1024 * 1024
 _MTA_AND_KIND = operator.attrgetter("mta", "kind")
 
 
+def _mta_and_kind(
+    ts: Any, host: Any, mta: str | None, program: Any, pid: Any, queue_id: Any, kind: Kind, fields: Any, line: Any
+) -> tuple[str | None, Kind]:
+    """What ``--stats`` keeps of a line: ``parse``'s ``make`` when counting."""
+    return (mta, kind)
+
+
 @dataclass(slots=True)
 class Stats:
     lines: int = 0
@@ -43,16 +50,17 @@ class Stats:
     #: (path, line number, line) of the first unknown lines.
     unknown: list[tuple[str, int, str]] = field(default_factory=list)
 
-    def add(self, events: list[Event], path: str) -> None:
-        """Count a block of events, the next ones of ``path``."""
+    def add(self, keys: list[tuple[str | None, Kind]], block: list[str], path: str) -> None:
+        """Count a block of lines, the next ones of ``path``: ``keys`` has
+        the (MTA, kind) of each line of ``block``."""
         first = self.lines + 1
-        self.lines += len(events)
+        self.lines += len(keys)
         before = self.unknown_lines
-        self.by_kind.update(map(_MTA_AND_KIND, events))  # counted in C, not one line at a time
+        self.by_kind.update(keys)  # counted in C, not one line at a time
         if self.unknown_lines > before and len(self.unknown) < SHOW_UNKNOWN:
-            for lineno, ev in enumerate(events, first):
-                if ev.kind is Kind.UNKNOWN and len(self.unknown) < SHOW_UNKNOWN:
-                    self.unknown.append((path, lineno, ev.line))
+            for lineno, ((_, kind), text) in enumerate(zip(keys, block, strict=True), first):
+                if kind is Kind.UNKNOWN and len(self.unknown) < SHOW_UNKNOWN:
+                    self.unknown.append((path, lineno, text.rstrip("\r\n")))
 
     @property
     def unknown_lines(self) -> int:
@@ -101,7 +109,7 @@ def _count_range(path: str, start: int, end: int, ref: datetime, tz: str | None,
     stats = Stats()
     with gc_paused():
         for block in blocks_between(path, start, end):
-            stats.add([parse(text, ctx, mta) for text in block], path)
+            stats.add([parse(text, ctx, mta, _mta_and_kind) for text in block], block, path)
     return stats
 
 
@@ -137,10 +145,12 @@ def run(
             ctx = _context(tz, ref)
             with gc_paused():
                 for block in line_blocks(path):
+                    if not show_events:
+                        part.add([parse(text, ctx, mta, _mta_and_kind) for text in block], block, path)
+                        continue
                     events = [parse(text, ctx, mta) for text in block]
-                    part.add(events, path)
-                    if show_events:
-                        out.writelines(f"{json.dumps(ev.to_json()) if as_json else render(ev)}\n" for ev in events)
+                    part.add(list(map(_MTA_AND_KIND, events)), block, path)
+                    out.writelines(f"{json.dumps(ev.to_json()) if as_json else render(ev)}\n" for ev in events)
         except BrokenPipeError:
             raise
         except OSError as exc:

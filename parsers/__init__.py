@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from types import ModuleType
+from typing import Any, TypeVar, overload
 
 from .envelope import Context, split
 from .events import Event, Kind
@@ -57,32 +58,46 @@ def mta_of(program: str) -> str | None:
     return None
 
 
-def parse(line: str, ctx: Context | None = None, mta: str = "auto") -> Event:
+T = TypeVar("T")
+
+
+@overload
+def parse(line: str, ctx: Context | None = None, mta: str = "auto") -> Event: ...
+@overload
+def parse(line: str, ctx: Context | None, mta: str, make: Callable[..., T]) -> T: ...
+
+
+def parse(line: str, ctx: Context | None = None, mta: str = "auto", make: Callable[..., Any] = Event) -> Any:
     """One log line -> one Event.
 
     ``mta`` forces the reader for lines whose program name does not say
     (a ``syslog_name`` nobody would guess); "auto" trusts the name.
+
+    ``make`` is handed what was read instead of ``Event``, with the same
+    arguments: a caller that only counts lines (``mtqpd parse --stats``)
+    keeps what it counts, and saves the ninth of a line's cost that
+    making an ``Event`` is.
     """
     line = line.rstrip("\r\n")
     if len(line) > MAX_LINE:
-        return Event(None, None, None, None, None, None, _UNKNOWN, {"reason": "overlong"}, line)
+        return make(None, None, None, None, None, None, _UNKNOWN, {"reason": "overlong"}, line)
     env = split(line, ctx or _DEFAULT)
     if env is None:
         # Exim's reject log dumps the refused message's envelope and header
         # on undated lines after the entry they belong to.
         more = _module("exim").continuation(line) if mta in ("auto", "exim") else None
         if more is None:
-            return Event(None, None, None, None, None, None, _UNKNOWN, {}, line)
-        return Event(None, None, "exim", None, None, None, more[0], more[2], line)
+            return make(None, None, None, None, None, None, _UNKNOWN, {}, line)
+        return make(None, None, "exim", None, None, None, more[0], more[2], line)
     ts, host, program, pid, payload = env
     which, reader = _READERS_OF.get((program, mta)) or _readers(program, mta)
     if which is None:
-        return Event(ts, host, None, program, pid, None, _FOREIGN, {"text": payload}, line)
+        return make(ts, host, None, program, pid, None, _FOREIGN, {"text": payload}, line)
     reading = reader(payload, program) if reader is not None else None
     if reading is None:
-        return Event(ts, host, which, program, pid, None, _UNKNOWN, {}, line)
+        return make(ts, host, which, program, pid, None, _UNKNOWN, {}, line)
     kind, queue_id, fields = reading
-    return Event(ts, host, which, program, pid, queue_id, kind, fields, line)
+    return make(ts, host, which, program, pid, queue_id, kind, fields, line)
 
 
 _READERS_OF: dict[tuple[str | None, str], tuple[str | None, Reader | None]] = {}

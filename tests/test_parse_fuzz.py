@@ -57,6 +57,9 @@ def check(line: str, mta: str = "auto") -> Event:
     assert isinstance(ev.kind, Kind)
     assert ev.ts is None or ev.ts.tzinfo is not None
     json.dumps(ev.to_json())  # every event can be printed by mtqpd parse --json
+    # What a counting caller is handed instead of the Event (mtqpd parse --stats).
+    made = parse(line, CTX, mta, lambda *read: read)
+    assert made == (ev.ts, ev.host, ev.mta, ev.program, ev.pid, ev.queue_id, ev.kind, ev.fields, ev.line)
     return ev
 
 
