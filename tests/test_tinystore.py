@@ -22,6 +22,7 @@ from tinydb import TinyDB
 import ingest.tinystore as tinystore
 from ingest.records import Attempt, Link, Recipient, TrackingRecord
 from ingest.tinystore import StoreError, StoreLocked, TinyStore
+from parsers import Kind
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +115,44 @@ def test_every_field_survives_reopen(tmp_path: Path) -> None:
     assert [x.rid for x in again.by_envid("E1")] == [r.rid]
     assert [x.rid for x in again.by_next_hop("SINK1")] == [r.rid]
     assert again.latest("mx1", "4F9D195432").rid == r.rid
+    again.close()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"records": {"1": {"sender": "j\u00f6rg@b\u00fccher.example", "size": 5, "removed": None, "to": ["a", 1]}}},
+        {"records": {"1": {"size": 10**30}}},  # beyond 64 bits: a hostile log's size=
+        {"tail:/var/log/ma\udcffil.log": {"offset": 1}},  # an undecodable byte of a file name
+        {"kind": Kind.DELIVERY},  # a str subclass
+    ],
+)
+def test_files_say_what_the_standard_library_says(data: dict) -> None:
+    """Whichever encoder writes a file (orjson, or the standard library for
+    what orjson refuses or would encode its own way), it reads back as the
+    standard library's own encoding of the same data."""
+    written = tinystore.json_bytes(data)
+    assert json.loads(written) == json.loads(json.dumps(data))
+    assert written.decode("utf-8")  # every file is UTF-8, whoever wrote it
+
+
+def test_what_the_standard_library_refuses_is_refused() -> None:
+    """A time or a record in a document is a bug upstream (``to_dict``
+    writes times as text): orjson would write it, the store refuses it."""
+    for data in ({"at": T0}, {"record": rec("AAAAA11111", T0)}):
+        with pytest.raises(TypeError):
+            tinystore.json_bytes(data)
+
+
+def test_a_huge_size_survives_reopen(tmp_path: Path) -> None:
+    r = rec("AAAAA11111", T0)
+    r.size = 10**30
+    store = TinyStore(tmp_path)
+    store.put([r])
+    store.close()
+    again = TinyStore(tmp_path)
+    got = again.get(r.rid)
+    assert got is not None and got.size == 10**30 and isinstance(got.size, int)
     again.close()
 
 
