@@ -211,7 +211,7 @@ def split(line: str, ctx: Context) -> Envelope | None:
         stamp, host, program, pid, payload = m.groups()
         ts = ctx._memo.get(stamp) or ctx.bsd(stamp)  # the memo first: most lines share a second
         if ts is not None:
-            _learn(ctx, m, ts)
+            _learn(ctx, stamp, host, program, pid, ts)
     else:
         m = RFC3339.match(line)
         if m is None:
@@ -238,21 +238,22 @@ _HEADS: dict[str, tuple[str, int | None]] = {}
 _HOSTS: set[str] = set()
 
 
-def _learn(ctx: Context, m: re.Match[str], ts: datetime) -> None:
+def _learn(ctx: Context, stamp: str, host: str, program: str, pid: str | None, ts: datetime) -> None:
     """Remember what ``BSD`` matched, for ``split``'s shortcut: the stamp
     with the space after it, the host, and the head with its colon; not an
     Exim program's head, whose payload holds a second date to read."""
     matched = ctx._matched
     if len(matched) >= 100_000:
         matched.clear()
-    matched[m["stamp"] + " "] = ts
-    if len(_HOSTS) < 10_000:
-        _HOSTS.add(m["host"])
-    program, pid = m["prog"], m["pid"]
-    if not program.startswith("exim"):
+    matched[stamp + " "] = ts
+    if host not in _HOSTS and len(_HOSTS) < 10_000:
+        _HOSTS.add(host)
+    if program[0] == "e" and program.startswith("exim"):
+        return
+    head = f"{program}[{pid}]:" if pid is not None else program + ":"  # the text BSD matched
+    if head not in _HEADS:
         if len(_HEADS) >= 65_536:
             _HEADS.clear()
-        head = m.string[m.start("prog") : m.end("pid") + 2 if pid else m.end("prog") + 1]
         _HEADS[head] = (program, _PIDS.get(pid) or _pid(pid))
 
 
