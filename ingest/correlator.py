@@ -95,12 +95,14 @@ class Correlator:
         the queue id was reused and a new record begins.
         """
         ts = ev.ts
+        key = (host, qid)
         if self.on_touch is not None:
-            self.on_touch((host, qid))
-        gens = self._gens.get((host, qid)) or self._generations(host, qid)
+            self.on_touch(key)
+        gens = self._gens.get(key) or self._generations(host, qid)
         rec = gens[-1] if gens else None
         if ts is not None and rec is not None:
-            if rec.arrival > ts + SLACK:  # an older message under the same id, or none
+            # (The first test spares nearly every line the sum's new datetime.)
+            if rec.arrival > ts and rec.arrival > ts + SLACK:  # an older message under the same id, or none
                 rec = next((g for g in reversed(gens) if g.arrival <= ts + SLACK), None)
             left = rec is not None and rec.removed is not None and ts > rec.removed
             if left and (ev.kind in _STARTS or ts > rec.removed + SLACK):  # type: ignore[union-attr]
@@ -317,12 +319,17 @@ class Correlator:
 
 
 def _canonical(rec: TrackingRecord) -> None:
-    """One order for what a record lists, whatever order the lines came in."""
-    rec.recipients.sort(key=lambda r: (r.original or r.final, r.final))
+    """One order for what a record lists, whatever order the lines came in.
+    (Most lists hold one item: sorting it would still make its key.)"""
+    if len(rec.recipients) > 1:
+        rec.recipients.sort(key=lambda r: (r.original or r.final, r.final))
     for r in rec.recipients:
-        r.attempts.sort(key=lambda a: (a.at, a.outcome, a.dsn or "", a.reply or ""))
-    rec.parents.sort(key=lambda link: (link.kind, link.host, link.queue_id))
-    rec.children.sort(key=lambda link: (link.kind, link.host, link.queue_id))
+        if len(r.attempts) > 1:
+            r.attempts.sort(key=lambda a: (a.at, a.outcome, a.dsn or "", a.reply or ""))
+    if len(rec.parents) > 1:
+        rec.parents.sort(key=lambda link: (link.kind, link.host, link.queue_id))
+    if len(rec.children) > 1:
+        rec.children.sort(key=lambda link: (link.kind, link.host, link.queue_id))
 
 
 def _qualify(address: str, original: str | None) -> str:

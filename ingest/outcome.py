@@ -58,7 +58,9 @@ def delivered_locally(transport: str | None, remote_mta: str | None) -> bool:
 
 def settle(r: Recipient, arrival: datetime, lifetime: timedelta) -> None:
     """Set ``r``'s action, status, diagnostic and dates from its attempts."""
-    attempts = sorted(r.attempts, key=lambda a: (a.at, a.outcome, a.dsn or ""))
+    attempts = r.attempts
+    if len(attempts) > 1:  # most recipients have one attempt, whose sort would still make its key
+        attempts = sorted(attempts, key=lambda a: (a.at, a.outcome, a.dsn or ""))
     if not attempts:
         r.action, r.status, r.diagnostic, r.remote_mta = "delayed", "4.0.0", None, None
         r.last_attempt = None
