@@ -17,12 +17,12 @@ and hours whose mail has left the queue are not rewritten again until
 retention empties them. The day stays the prefix of the name, so a day is
 still ``records/2026-03-01T*.json``.
 
-What the store costs on that log (2 cores, best of several runs on a busy
-machine): ``put`` of all the records 1.0 s (0.6 s to put them all again);
-their first ``flush`` 3.5 s of CPU, which forked writers share out when a
-flush is that large (see ``_write_partitions``); opening the store 3.4 s
-and 320 MB. Records are written as ``TrackingRecord.to_dict``'s compact
-dicts, in one encoding per file (``_write_table``, ``json_bytes``).
+What the store costs on that log (2 cores, tests/bench/test_store_lookup.py
+on a busy machine): ``put`` of all the records 1.1 s; their first ``flush``
+1.1 s, shared out among forked writers when a flush is that large (see
+``_write_partitions``); opening the store 3.1 to 3.7 s and 273 MB. Records
+are written as ``TrackingRecord.to_dict``'s compact dicts, in one encoding
+per file (``_write_table``, ``json_bytes``).
 
 The in-memory working set *is* the records: every record is loaded as a
 ``TrackingRecord`` when the store opens and indexed by rid, (host, queue
@@ -163,14 +163,15 @@ def json_bytes(data: Any) -> bytes:
     """``data`` as compact JSON in UTF-8, what every file of the store holds.
 
     orjson writes it five times as fast as the standard library's encoder
-    (whose work was a quarter of a spread replay's CPU, tests/bench).
-    Whatever orjson would write differently, or refuses, is written by the
-    standard library, so the files say exactly what ``json.dumps`` says:
-    objects it does not know (dataclasses, times, str and int subclasses,
-    which orjson would encode its own way), an integer beyond 64 bits (a
-    hostile log's ``size=``) and a lone surrogate (an undecodable byte of a
-    file name in a tail checkpoint). Files are read back by the standard
-    library, which, unlike orjson, reads a big integer as an integer.
+    (whose work was a quarter of a spread replay's CPU, tests/bench). The
+    files still say what ``json.dumps`` says, since orjson is made to
+    refuse what it would write otherwise, and what it refuses goes to the
+    standard library: str and int subclasses (an enum member), an integer
+    beyond 64 bits (a hostile log's ``size=``), a lone surrogate (an
+    undecodable byte of a file name in a tail checkpoint); and dataclasses
+    and times, which ``json.dumps`` refuses in turn, as before. Files are
+    read back by the standard library, which, unlike orjson, reads a big
+    integer as an integer.
     """
     try:
         return orjson.dumps(data, option=_ORJSON_STRICT)

@@ -75,7 +75,7 @@ def parse(line: str, ctx: Context | None = None, mta: str = "auto", make: Callab
 
     ``make`` is handed what was read instead of ``Event``, with the same
     arguments: a caller that only counts lines (``mtqpd parse --stats``)
-    keeps what it counts, and saves the ninth of a line's cost that
+    keeps what it counts, and saves the eighth of a line's cost that
     making an ``Event`` is.
     """
     line = line.rstrip("\r\n")

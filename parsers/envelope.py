@@ -46,9 +46,9 @@ class Context:
     #: costs an addition, not a year inference and a zone conversion. (A
     #: zone's offset changes on a minute, never within one.)
     _minutes: dict[str, datetime | None] = field(default_factory=dict, compare=False, repr=False)
-    #: BSD stamps that ``BSD`` matched on a line, with their time: a line
-    #: whose first 15 characters are one of them has a valid stamp, and
-    #: ``split`` reads the rest of its envelope without the regex.
+    #: BSD stamps that ``BSD`` matched on a line, each with the space after
+    #: it, and their time: a line whose first 16 characters are one of them
+    #: has a valid stamp, and ``split`` may read the rest without the regex.
     _matched: dict[str, datetime] = field(default_factory=dict, compare=False, repr=False)
 
     def bsd(self, stamp: str) -> datetime | None:
