@@ -150,6 +150,11 @@ def test_times_are_written_in_utc() -> None:
     assert iso(datetime(2026, 3, 1, 14, 0, tzinfo=plus2)) == "2026-03-01T12:00:00+00:00"
     assert iso(T0 + timedelta(microseconds=250)) == "2026-03-01T12:00:00.000250+00:00"
     assert iso(None) is None
+    # Whichever zone a time is in, and whichever of its forms was written first.
+    later = datetime(2026, 3, 1, 17, 30, tzinfo=UTC)
+    assert iso(later) == iso(later.astimezone(plus2)) == "2026-03-01T17:30:00+00:00"
+    sooner = datetime(2026, 3, 1, 19, 45, tzinfo=plus2)
+    assert iso(sooner) == iso(sooner.astimezone(UTC)) == "2026-03-01T17:45:00+00:00"
     r = bare()
     r.arrival = datetime(2026, 3, 1, 14, 0, tzinfo=plus2)
     assert TrackingRecord.from_dict(r.to_dict()).arrival.tzinfo is UTC
