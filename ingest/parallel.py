@@ -24,9 +24,11 @@ Three rounds of messages between the parent and each range's process:
    the keys its lines tie together come back;
 2. the parent names the spanning keys: their line numbers come back, and
    the hours of the records that remain;
-3. the parent names the hours to write, with the records to add, and the
-   hours to hand back: those records come back at once, and the parent
-   writes those hours while the ranges write theirs.
+3. the parent names the hours each range writes and the hours it hands
+   back, and correlates the spanning messages again while the ranges make
+   the documents of their hours; then it hands each range the records to
+   add to its hours, the records of the hours handed back come back, and
+   the parent writes those hours while the ranges write theirs.
 
 Only for a fresh store (a range cannot see records already stored) and
 plain files (a compressed file cannot be cut); otherwise replay is
@@ -214,9 +216,12 @@ def _range_process(
         conn.send((numbers, {hour: len(rs) for hour, rs in by_hour.items()}))
 
         own, shared = conn.recv()
+        # Writing's costly half, done while the parent correlates the spanning messages.
+        made = {r.rid: r.to_dict() for hour in own for r in by_hour[hour]}
+        extra: dict[str, list[TrackingRecord]] = conn.recv()
         conn.send({hour: by_hour[hour] for hour in shared})  # first: the parent writes them meanwhile
-        for hour, extra in own.items():
-            write_partition(Path(store), hour, by_hour[hour] + extra)
+        for hour in own:
+            write_partition(Path(store), hour, by_hour[hour] + extra.get(hour, []), made)
         conn.send(None)
     except BaseException:  # the parent reports it; a child must not print a second traceback
         conn.send(_Failed(traceback.format_exc()))
@@ -281,6 +286,16 @@ def _answer(conn: Connection):  # type: ignore[no-untyped-def]
     return got
 
 
+def _tell(conn: Connection, message: object) -> None:
+    """Send to a range's process; if it has failed and gone, report its
+    failure (the last thing it sent) rather than the broken pipe."""
+    try:
+        conn.send(message)
+    except OSError:
+        _answer(conn)
+        raise
+
+
 def _rounds(
     runs: list[list[Segment]], conns: list[Connection], store: Path, settings: Settings, tz: str | None, mta: str
 ) -> Summary:
@@ -294,22 +309,25 @@ def _rounds(
 
     # Round 2: the spanning keys' lines, and the hours of what remains.
     for c, part in zip(conns, correlated, strict=True):
-        c.send(spanning & part.keys)
+        _tell(c, spanning & part.keys)
     handed = [_answer(c) for c in conns]
-    again = _recorrelate(runs, [numbers for numbers, _ in handed], settings, tz, mta)
-    summary.records = len(again) + sum(sum(hours.values()) for _, hours in handed)
 
-    # Round 3: who writes which hour.
+    # Round 3: who writes which hour; the spanning messages correlated
+    # again meanwhile, and their records handed to the hours' writers.
     holders: defaultdict[str, list[int]] = defaultdict(list)
     for i, (_, hours) in enumerate(handed):
         for hour in hours:
             holders[hour].append(i)
+    owners = [{hour for hour, who in holders.items() if who == [i]} for i in range(len(conns))]
+    for i, c in enumerate(conns):
+        _tell(c, (owners[i], {hour for hour, who in holders.items() if len(who) > 1 and i in who}))
+    again = _recorrelate(runs, [numbers for numbers, _ in handed], settings, tz, mta)
+    summary.records = len(again) + sum(sum(hours.values()) for _, hours in handed)
     extra: defaultdict[str, list[TrackingRecord]] = defaultdict(list)
     for r in again:
         extra[partition_of(r.arrival)].append(r)
-    for i, c in enumerate(conns):
-        own = {hour: extra.pop(hour, []) for hour, who in holders.items() if who == [i]}
-        c.send((own, {hour for hour, who in holders.items() if len(who) > 1 and i in who}))
+    for own, c in zip(owners, conns, strict=True):
+        _tell(c, {hour: extra.pop(hour) for hour in own if hour in extra})
     for c in conns:
         for hour, records in _answer(c).items():
             extra[hour] += records

@@ -119,6 +119,20 @@ def test_spanning_keys_are_closed_under_ties() -> None:
     assert found == {a, b, c}  # a in two ranges; b tied to a; c tied to b; d and e are not
 
 
+def test_a_range_that_fails_is_reported_with_its_traceback(
+    tmp_path: Path, generated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A range's process that fails after the first round (here, settling
+    its records) reports its own traceback, not the pipe it left broken."""
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("broken settle")
+
+    monkeypatch.setattr(parallel.Correlator, "flush", broken)  # the forked ranges inherit it
+    with pytest.raises(parallel.RangeFailed, match="RuntimeError: broken settle"):
+        parallel.replay_spread([str(generated)], tmp_path / "store", settings=SETTINGS, tz=None, mta="auto", jobs=2)
+
+
 def test_a_store_with_records_is_replayed_sequentially(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parallel, "SPREAD_FROM", 0)
     log = str(SAMPLES / "postfix/postfix.bsd.log")
