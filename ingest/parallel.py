@@ -51,6 +51,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from parsers import Context, parse
@@ -216,8 +217,13 @@ def _range_process(
         conn.send((numbers, {hour: len(rs) for hour, rs in by_hour.items()}))
 
         own, shared = conn.recv()
-        # Writing's costly half, done while the parent correlates the spanning messages.
-        made = {r.rid: r.to_dict() for hour in own for r in by_hour[hour]}
+        # Writing's costly half, done while the parent correlates the spanning
+        # messages, and no longer: documents made ahead are held until written.
+        made: dict[str, dict[str, Any]] = {}
+        for hour in own:
+            if conn.poll():
+                break
+            made.update((r.rid, r.to_dict()) for r in by_hour[hour])
         extra: dict[str, list[TrackingRecord]] = conn.recv()
         conn.send({hour: by_hour[hour] for hour in shared})  # first: the parent writes them meanwhile
         for hour in own:

@@ -77,6 +77,22 @@ def test_generated_log_with_spanning_messages(tmp_path: Path, generated: Path, j
     assert len(runs) == jobs and parallel._spanning(touched, [])
 
 
+def test_hours_held_by_one_range_are_written_by_it(tmp_path: Path) -> None:
+    """A log of several hours: each range writes the hours only it holds
+    (their documents made while the parent works), the parent the hours
+    around the cut; together, the sequential replay's store."""
+    log = tmp_path / "slow.log"
+    subprocess.run(
+        [sys.executable, str(SAMPLES / "generate.py"), "--lines", "6000", "--rate", "0.1", "--seed", "5", "-o", log],
+        check=True,
+        capture_output=True,
+    )
+    want = sequential([str(log)], tmp_path / "seq")
+    assert spread([str(log)], tmp_path / "spread", 2) == want
+    hours = sorted(p.name for p in (tmp_path / "spread" / "records").iterdir())
+    assert len(hours) >= 3, hours  # the first hour is the first range's alone, the last the second's
+
+
 def test_lines_and_ties_read_back_from_the_flat_hits() -> None:
     """Line 1 touches a, line 2 nothing, line 3 b and a (a bounce and its
     parent), line 4 c, line 5 a."""
