@@ -109,20 +109,39 @@ _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-def _date(value: datetime) -> str:
-    """RFC 5322 date-time with a numeric zone, as RFC 3464 requires: the
-    text of ``email.utils.format_datetime(value.astimezone(UTC))``, which
-    tests/test_render.py checks, without its timetuple and strftime."""
-    d = value.astimezone(UTC)
-    return "%s, %02d %s %04d %02d:%02d:%02d +0000" % (  # noqa: UP031 - the very format of email.utils
+#: The day part of ``_date`` ("Sun, 01 Mar 2026"), by proleptic ordinal. An
+#: answer has two dates or more and a store spans a few weeks, so nearly
+#: every day is asked for again and again; the bound is only against a
+#: hostile log's stray years.
+_DAY_TEXT: dict[int, str] = {}
+_DAY_TEXT_MAX = 4096
+#: "00" to "59": formatting the time's three numbers costs more than the
+#: rest of the date together.
+_TWO_DIGITS = tuple(f"{n:02d}" for n in range(60))
+
+
+def _day_text(d: datetime) -> str:
+    if len(_DAY_TEXT) >= _DAY_TEXT_MAX:
+        _DAY_TEXT.clear()
+    text = _DAY_TEXT[d.toordinal()] = "%s, %02d %s %04d" % (  # noqa: UP031 - the format of _date below
         _DAYS[d.weekday()],
         d.day,
         _MONTHS[d.month - 1],
         d.year,
-        d.hour,
-        d.minute,
-        d.second,
     )
+    return text
+
+
+def _date(value: datetime) -> str:
+    """RFC 5322 date-time with a numeric zone, as RFC 3464 requires: the
+    text of ``email.utils.format_datetime(value.astimezone(UTC))``, which
+    tests/test_render.py checks, without its timetuple and strftime."""
+    d = value if value.tzinfo is UTC else value.astimezone(UTC)
+    try:
+        day = _DAY_TEXT[d.toordinal()]
+    except KeyError:
+        day = _day_text(d)
+    return f"{day} {_TWO_DIGITS[d.hour]}:{_TWO_DIGITS[d.minute]}:{_TWO_DIGITS[d.second]} +0000"
 
 
 @lru_cache(maxsize=4096)
@@ -383,6 +402,10 @@ def _multipart_head() -> tuple[str, str]:
 
 
 _HEAD_BEFORE, _HEAD_AFTER = _multipart_head()
+#: The boundary of nearly every answer: fixed, so that no answer has to be
+#: hashed to find one (RFC 2046 section 5.1.1 asks only that it occur in no
+#: part), and of the form of the hashed one.
+BOUNDARY = "mtqp-" + hashlib.sha256(b"mtqpd: message/tracking-status").hexdigest()[:32]
 #: What follows each delimiter: the part's own header, then a blank line.
 _PART_HEAD = f"{CRLF}Content-Type: {TRACKING_STATUS}{CRLF}{CRLF}"
 
@@ -403,15 +426,19 @@ def tracking_response(
     folds the downstream per-recipient blocks into the first part (example
     #11).
 
-    The boundary is a hash of the parts: the same records give the same text,
-    and a boundary found inside a part would take a SHA-256 preimage.
+    The same records give the same text: the boundary is ``BOUNDARY``,
+    unless a part contains it (only a log written to that end can put it in
+    an address); then it is a hash of the parts, which a part could contain
+    only by a SHA-256 preimage.
     """
     if not records:
         raise ValueError("a tracking response needs at least one record")
     parts = _parts(records, store, combine)
     names = _names(parts[0][0].host, reporting_mta, hide_internal, parts)
     bodies = [_content(record, blocks, names) for record, blocks in parts]
-    boundary = "mtqp-" + hashlib.sha256(CRLF.join(bodies).encode("ascii")).hexdigest()[:32]
+    boundary = BOUNDARY
+    if any(boundary in body for body in bodies):
+        boundary = "mtqp-" + hashlib.sha256(CRLF.join(bodies).encode("ascii")).hexdigest()[:32]
     out = [_HEAD_BEFORE, boundary, _HEAD_AFTER]
     for body in bodies:
         out += ("--", boundary, _PART_HEAD, body, CRLF)
