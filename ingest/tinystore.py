@@ -61,7 +61,7 @@ import secrets
 import threading
 import time
 import traceback
-from collections.abc import Collection, Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -350,9 +350,15 @@ class _Index:
             if not have:
                 del self._map[key]
 
-    def get(self, key: Hashable) -> Collection[str]:
-        have = self._map.get(key, ())
-        return (have,) if isinstance(have, str) else have
+    def find(self, key: Hashable, records: dict[str, TrackingRecord]) -> list[TrackingRecord]:
+        """The records under ``key``, in the store's order. Every TRACK
+        makes several of these lookups, most of them for one record or none."""
+        have = self._map.get(key)
+        if have is None:
+            return []
+        if have.__class__ is str:
+            return [records[have]]
+        return sorted((records[rid] for rid in have), key=_order)
 
 
 class TinyStore:
@@ -580,11 +586,6 @@ class TinyStore:
             self._hop.discard(hop, rid)
         return keys.part
 
-    def _found(self, rids: Collection[str]) -> list[TrackingRecord]:
-        if len(rids) <= 1:  # nearly every lookup: a Message-ID, an ENVID, a queue id names one record or none
-            return [self._records[rid] for rid in rids]
-        return sorted((self._records[rid] for rid in rids), key=_order)
-
     def _refresh(self) -> None:
         """A reader's cheap look for the writer's flushes, at most once per
         ``refresh_interval``: the store may be read very often."""
@@ -621,24 +622,24 @@ class TinyStore:
 
     def latest(self, host: str, queue_id: str) -> TrackingRecord | None:
         self._refresh()
-        found = self._found(self._host_qid.get((host, queue_id)))
+        found = self._host_qid.find((host, queue_id), self._records)
         return found[-1] if found else None
 
     def by_queue_id(self, queue_id: str) -> list[TrackingRecord]:
         self._refresh()
-        return self._found(self._qid.get(queue_id))
+        return self._qid.find(queue_id, self._records)
 
     def by_message_id(self, message_id: str) -> list[TrackingRecord]:
         self._refresh()
-        return self._found(self._mid.get(bare_message_id(message_id)))
+        return self._mid.find(bare_message_id(message_id), self._records)
 
     def by_envid(self, envid: str) -> list[TrackingRecord]:
         self._refresh()
-        return self._found(self._envid.get(envid))
+        return self._envid.find(envid, self._records)
 
     def by_next_hop(self, queue_id: str) -> list[TrackingRecord]:
         self._refresh()
-        return self._found(self._hop.get(queue_id))
+        return self._hop.find(queue_id, self._records)
 
     def search(
         self,
