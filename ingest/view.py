@@ -68,8 +68,11 @@ def next_hop_record(record: TrackingRecord, r: Recipient, store: Store) -> Track
     log is merged in on its own)."""
     if not r.next_hop:
         return None
+    candidates = store.by_queue_id(r.next_hop)
+    if not candidates:  # the next hop is another host's, whose log is not here
+        return None
     since = (r.last_attempt or record.arrival) - HOP_SKEW
-    for candidate in store.by_queue_id(r.next_hop):
+    for candidate in candidates:
         if candidate.rid != record.rid and candidate.arrival >= since:
             return candidate
     return None
@@ -77,22 +80,26 @@ def next_hop_record(record: TrackingRecord, r: Recipient, store: Store) -> Track
 
 def _one(record: TrackingRecord, r: Recipient, store: Store) -> RecipientView:
     nxt = next_hop_record(record, r, store) if r.action == "relayed" else None
+    # In the field order: every TRACK answer makes views, and keywords
+    # would double what making one costs.
     return RecipientView(
-        original=r.original or r.final,
-        final=r.final,
-        action="transferred" if nxt is not None else r.action,
-        status=r.status,
-        diagnostic=r.diagnostic,
-        remote_mta=r.remote_mta,
-        last_attempt=r.last_attempt,
-        will_retry_until=r.will_retry_until,
-        attempts=len(r.attempts),
-        next_record=nxt,
+        r.original or r.final,
+        r.final,
+        "transferred" if nxt is not None else r.action,
+        r.status,
+        r.diagnostic,
+        r.remote_mta,
+        r.last_attempt,
+        r.will_retry_until,
+        len(r.attempts),
+        nxt,
     )
 
 
 def recipients(record: TrackingRecord, store: Store) -> list[RecipientView]:
     """One view per original recipient, in the record's order."""
+    if len(record.recipients) == 1:  # most messages: no grouping to do
+        return [_one(record, record.recipients[0], store)]
     groups: dict[str, list[Recipient]] = {}
     for r in record.recipients:
         groups.setdefault(r.original or r.final, []).append(r)
