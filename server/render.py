@@ -222,9 +222,12 @@ class _Names:
     #: Hosts (lower case) of the records in this answer and of their next
     #: hops; only filled in when hiding, the one case that reads it.
     held: frozenset[str]
+    #: ``_text(reporting_mta)``, the name of nearly every part.
+    reporting_text: str
 
     def reporter(self, record: TrackingRecord) -> str:
-        return self.reporting_mta if self.hide or record.host == self.home else record.host
+        """The name a record's part is reported under, as field text."""
+        return self.reporting_text if self.hide or record.host == self.home else _text(record.host)
 
     def internal(self, name: str) -> bool:
         """A host behind the firewall: one whose records this answer holds,
@@ -237,7 +240,8 @@ class _Names:
             return host.lower() in self.held or "." not in host
 
     def remote(self, v: RecipientView) -> str | None:
-        """The Remote-MTA of a recipient, or None when there is none to give.
+        """The Remote-MTA of a recipient as field text, or None when there
+        is none to give.
 
         RFC 3886 section 3.3.5: none before any delivery attempt. A transfer
         names the next hop as this answer reports it, so that the tracking
@@ -251,32 +255,35 @@ class _Names:
             return None
         # A local delivery agent's host (RFC 3886 section 3.3.5) is internal.
         if self.hide and (v.action == "delivered" or self.internal(v.remote_mta)):
-            return self.reporting_mta
+            return self.reporting_text
         return _mta_name(v.remote_mta)
 
 
 def _names(home: str, reporting_mta: str, hide: bool, parts: list[tuple[TrackingRecord, list[_Block]]]) -> _Names:
     if not hide:  # only hiding asks which hosts are held (``internal``)
-        return _Names(home, reporting_mta, hide, frozenset())
+        return _Names(home, reporting_mta, hide, frozenset(), _text(reporting_mta))
     held = {record.host.lower() for record, _ in parts}
     held |= {b.view.next_record.host.lower() for _, blocks in parts for b in blocks if b.view.next_record is not None}
-    return _Names(home, reporting_mta, hide, frozenset(held))
+    return _Names(home, reporting_mta, hide, frozenset(held), _text(reporting_mta))
 
 
-def _recipient_fields(b: _Block, names: _Names) -> str:
-    """RFC 3886 section 3.3, in its ABNF's order, CRLF-joined."""
+def _recipient_fields(b: _Block, names: _Names, lines: list[str]) -> None:
+    """RFC 3886 section 3.3, in its ABNF's order, after the blank line that
+    separates it from the fields before."""
     v = b.view
     action = v.action
-    lines = [
-        f"Original-Recipient: {_address(b.original)}",
-        f"Final-Recipient: {_address(v.final)}",
+    final = _address(v.final)
+    lines += (
+        "",
+        f"Original-Recipient: {final if b.original == v.final else _address(b.original)}",
+        f"Final-Recipient: {final}",
         f"Action: {action}",
         f"Status: {_status(action, v.status)}",
-    ]
+    )
     # Section 3.3.5: no Remote-MTA before the first attempt (remote() says None).
     remote = names.remote(v)
     if remote is not None:
-        lines.append(f"Remote-MTA: dns; {_text(remote)}")
+        lines.append(f"Remote-MTA: dns; {remote}")
     # Section 3.3.6: REQUIRED once an attempt was made, MUST NOT before. An
     # expansion's is its members' last (ingest.view): they were attempts.
     if v.last_attempt is not None:
@@ -285,23 +292,17 @@ def _recipient_fields(b: _Block, names: _Names) -> str:
     # section 2.3.9: only for "delayed".
     if action == "delayed" and b.record.queued and v.will_retry_until is not None:
         lines.append(f"Will-Retry-Until: {_date(v.will_retry_until)}")
-    return _joined(lines)
 
 
 def _content(record: TrackingRecord, blocks: list[_Block], names: _Names) -> str:
     """RFC 3886 section 3.1: tracking-status-content = per-message-fields
-    1*(CRLF per-recipient-fields)."""
-    fields = []
+    1*(CRLF per-recipient-fields), each line ended by CRLF."""
     ident = envelope_id(record)
-    if ident is not None:
-        fields.append(f"Original-Envelope-Id: {_text(ident)}")
-    fields.append(f"Reporting-MTA: dns; {_text(names.reporter(record))}")
-    fields.append(f"Arrival-Date: {_date(record.arrival)}")
-    out = [_joined(fields)]
+    lines = [f"Original-Envelope-Id: {_text(ident)}"] if ident is not None else []
+    lines += (f"Reporting-MTA: dns; {names.reporter(record)}", f"Arrival-Date: {_date(record.arrival)}")
     for b in blocks:
-        out += ("", _recipient_fields(b, names))
-    out.append("")
-    return CRLF.join(out)
+        _recipient_fields(b, names, lines)
+    return _joined(lines) + CRLF
 
 
 #: The recipient views of the records of one answer, by record id.
@@ -371,6 +372,11 @@ def _parts(records: Sequence[TrackingRecord], store: Store, combine: bool) -> li
     """The records of an answer, each once, where the message started first,
     every chained record right after the one that handed the message on."""
     memo: _Views = {}
+    if len(records) == 1:  # nearly every answer: one record that handed nothing on
+        record = records[0]
+        views = memo[record.rid] = recipients(record, store)
+        if all(v.next_record is None for v in views):
+            return [(record, [_Block(v.original, v, record) for v in views])]
     starts = [*_origins(records, store, memo), *records]
     seen: set[str] = set()
     parts = []
