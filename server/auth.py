@@ -47,6 +47,8 @@ _HEX_CERTIFIER = re.compile(r"[0-9a-fA-F]{40}")
 #: What the keyed certifier is derived from when there is no record, so that
 #: an unknown envelope costs the same HMAC and SHA-1 as a known one.
 _NO_ENVELOPE = "\0no such envelope"
+#: What SHA1(A) is compared with when no log recorded a certifier.
+_NO_CERTIFIER = bytes(hashlib.sha1().digest_size)
 
 
 def xtext_decode(text: str) -> str:
@@ -149,22 +151,14 @@ def _recorded(certifier: str | None) -> bytes | None:
     return raw if raw is not None and len(raw) == hashlib.sha1().digest_size else None
 
 
-def _certifier(logged: str | None, ident: str | None, site_key: bytes) -> tuple[bytes, bool]:
-    """(B, usable): the logged certifier, else the keyed one. The keyed one is
-    derived every time, from a dummy id when there is none, so that every
-    envelope, known or not, costs one HMAC and one SHA-1."""
-    keyed = hashlib.sha1(keyed_secret(site_key, ident if ident is not None else _NO_ENVELOPE)).digest()
-    recorded = _recorded(logged)
-    if recorded is not None:
-        return recorded, True
-    return keyed, ident is not None
-
-
 def certifier_of(record: TrackingRecord, site_key: bytes) -> bytes | None:
     """The record's certifier B (20 octets): the logged one, else the keyed
     one; None when the record has neither a certifier nor an id to key."""
-    certifier, usable = _certifier(record.certifier, envelope_id(record), site_key)
-    return certifier if usable else None
+    recorded = _recorded(record.certifier)
+    if recorded is not None:
+        return recorded
+    ident = envelope_id(record)
+    return hashlib.sha1(keyed_secret(site_key, ident)).digest() if ident is not None else None
 
 
 def _address(client_ip: str | Address | None) -> Address | None:
@@ -206,23 +200,31 @@ def authorise(
     spares encoding it only to decode it again.
 
     Never raises on client input: a malformed secret is a wrong secret.
-    Each record is compared in constant time; with no records, a dummy
-    certifier is derived and compared all the same.
+    Every record costs the same: one HMAC (from a dummy id when there is
+    none to key) and two constant-time comparisons, of SHA1(A) with the
+    logged certifier (or a dummy) and of A with the keyed secret; with no
+    records, one dummy record is compared all the same. The second is the
+    keyed certifier's test without hashing the keyed secret: SHA1(A) equals
+    SHA1(keyed secret) exactly when A is the keyed secret, short of a SHA-1
+    second preimage.
     """
     if is_trusted(client_ip, trusted):
         return list(records)
-    if isinstance(secret_b64, bytes):
-        secret: bytes | None = secret_b64
-        digest = hashlib.sha1(secret_b64).digest()
-    else:
-        secret = decode_secret(secret_b64)
-        digest = hashlib.sha1(secret if secret is not None else secret_b64.encode("utf-8", "replace")).digest()
+    secret = secret_b64 if isinstance(secret_b64, bytes) else decode_secret(secret_b64)
+    given = secret if secret is not None else b""  # hashed and compared all the same
+    digest = hashlib.sha1(given).digest()
     granted = []
     # An unknown envelope is compared like one record that cannot match.
     for record in records or (None,):
-        logged, ident = (record.certifier, envelope_id(record)) if record is not None else (None, None)
-        certifier, usable = _certifier(logged, ident, site_key)
-        match = hmac.compare_digest(digest, certifier)
-        if match and usable and secret is not None and record is not None:
+        ident = envelope_id(record) if record is not None else None
+        keyed = keyed_secret(site_key, ident if ident is not None else _NO_ENVELOPE)
+        recorded = _recorded(record.certifier) if record is not None else None
+        by_log = hmac.compare_digest(digest, recorded if recorded is not None else _NO_CERTIFIER)
+        by_key = hmac.compare_digest(given, keyed)
+        if (
+            secret is not None
+            and record is not None
+            and (by_log if recorded is not None else by_key and ident is not None)
+        ):
             granted.append(record)
     return granted
