@@ -310,6 +310,20 @@ _FAST_QUIT = re.compile(r"(?i:QUIT)[ \t]*")
 _FAST_COMMENT = re.compile(r"(?i:COMMENT)(?:[ \t]+([\t\x20-\x7e]*))?")
 
 
+# The TRACK line as clients send it, matched on the raw line before any
+# other check: an envid with an "@", in at most one pair of brackets and
+# without "+" hexchars (so there is nothing to decode, and nothing that could
+# decode to a control character), then a secret, padded or not. Every octet
+# it admits is printable ASCII, it ends with CRLF and the lookahead (constant
+# time: "." with DOTALL is not scanned) bounds its length, so a match has
+# passed the framing checks too. Other TRACK lines go the general way.
+_TRACK_LINE = re.compile(
+    rb"(?s:(?=.{0,%d}+\Z))(?i:TRACK)[ \t]++"
+    rb"(<)?([!-*,-;?A-~]*+@[!-*,-;?-~]*+)(?(1)>)[ \t]++"  # xchars but "<" and ">" (and "@" before the "@")
+    rb"([A-Za-z0-9+/]++)(={0,2}+)[ \t]*+\r\n" % (MAX_LINE + 2)
+)
+
+
 def _fast_command(text: str) -> Command | None:
     """The command on a printable line, or None to ask the grammar."""
     head = text[:1]
@@ -353,6 +367,15 @@ def _grammar_command(text: str) -> Command | BadCommand:
 def parse_line(line: bytes) -> Command | BadCommand:
     """One received line, terminator included, as a command or as the
     ``-BAD`` that answers it. State is not considered here."""
+    m = _TRACK_LINE.fullmatch(line)
+    if m is not None:
+        _, envid, secret, padding = m.groups()
+        try:
+            secret = binascii.a2b_base64(secret + (padding or b"=" * (-len(secret) % 4)), strict_mode=True)
+        except binascii.Error:
+            pass  # _mtrk_secret refuses it too; the grammar words the answer
+        else:
+            return Track(envid.decode(), secret)
     crlf = line.endswith(b"\r\n")
     body = line[:-2] if crlf else line.removesuffix(b"\n")
     if len(body) > MAX_LINE:
@@ -433,15 +456,14 @@ def data_block(lines: Sequence[bytes]) -> bytes:
 def body_block(body: str | bytes) -> bytes:
     """``data_block(body_lines(body))``: a body as a multi-line response.
 
-    A canonical body, every line ended by CRLF and no other CR or LF in it
-    (what ``server.render`` writes), is stuffed as one text instead of being
-    cut into lines and joined again: its lines are then exactly the CRLF
-    pieces, and when the whole body is shorter than ``MAX_LINE`` no line of
-    it can reach the limit, even stuffed. Any other body takes the general
-    path."""
+    A canonical body, ended by CRLF and with every LF in a CRLF (what
+    ``server.render`` writes), is stuffed as one text instead of being cut
+    into lines and joined again: its lines are then exactly the CRLF pieces
+    (a CR elsewhere is line content either way), and when the whole body is
+    shorter than ``MAX_LINE`` no line of it can reach the limit, even
+    stuffed. Any other body takes the general path."""
     data = body.encode("utf-8") if isinstance(body, str) else body
-    crlf = data.count(b"\r\n")
-    canonical = data.endswith(b"\r\n") and data.count(b"\r") == crlf == data.count(b"\n")
+    canonical = data.endswith(b"\r\n") and data.count(b"\r\n") == data.count(b"\n")
     if canonical and (len(data) < MAX_LINE or max(map(len, data.split(b"\r\n"))) < MAX_LINE):
         data = data.replace(b"\n.", b"\n..")  # without a match, the same object back
         return (b"." + data if data[:1] == b"." else data) + b".\r\n"
@@ -472,11 +494,19 @@ def _is_starttls(option: str) -> bool:
 
 
 class _Skip(Enum):
-    """What happens to input up to the next LF."""
+    """What happens to input up to the next LF (``None``: it is read)."""
 
-    NO = 0  # nothing skipped: it is read
     OVERLONG = 1  # the rest of an overlong line: one -BAD at its LF
     SILENT = 2  # the rest of a line that followed STARTTLS: counted, unanswered
+
+
+# Python 3.11's EnumType defines __getattr__, which takes every ``State.X``
+# (and ``Status.X``) off the fast attribute path, about a thousand
+# instructions each; the per-command paths use these names instead.
+_COMMANDS = State.COMMANDS
+_TLS_HANDSHAKE = State.TLS_HANDSHAKE
+_CLOSING = State.CLOSING
+_OK_DATA = Status.OK_DATA
 
 
 class Connection:
@@ -494,7 +524,7 @@ class Connection:
         self._state = State.GREETING
         self._lines: deque[bytes | None] = deque()  # complete lines; None stands for an overlong one
         self._partial = bytearray()  # the line still waiting for its LF
-        self._skip = _Skip.NO
+        self._skip: _Skip | None = None
         self._eof = False
         self._awaiting: Command | None = None
         self._starttls_offered = False
@@ -528,13 +558,13 @@ class Connection:
 
     def receive_data(self, data: bytes) -> None:
         """Bytes read from the client; ``b""`` means it closed its end."""
-        if self._state is State.TLS_HANDSHAKE:
+        if self._state is _TLS_HANDSHAKE:
             raise LocalProtocolError("bytes read during the TLS handshake belong to TLS, not to MTQP")
         if self._eof:
             raise LocalProtocolError("receive_data() after the end of the stream")
         if not data:
             self._eof = True
-        elif self._state is State.CLOSING:
+        elif self._state is _CLOSING:
             self.counters.discarded += len(data)
         else:
             self._split(data)
@@ -543,10 +573,15 @@ class Connection:
         """Cut the input into lines at once, so that only the incomplete
         last line is ever held as raw bytes, and an overlong one not even
         that."""
-        pos, end = 0, len(data)
+        end = len(data)
+        if self._skip is None and not self._partial and data.find(b"\n") == end - 1:
+            # The usual read, one whole line and nothing pending, without the loop.
+            self._lines.append(data if end <= MAX_LINE + 2 else None)
+            return
+        pos = 0
         while pos < end:
             nl = data.find(b"\n", pos)
-            if self._skip is not _Skip.NO:
+            if self._skip is not None:
                 if nl < 0:
                     if self._skip is _Skip.SILENT:
                         self.counters.discarded += end - pos
@@ -555,7 +590,7 @@ class Connection:
                     self._lines.append(None)
                 else:
                     self.counters.discarded += nl + 1 - pos
-                self._skip = _Skip.NO
+                self._skip = None
                 pos = nl + 1
                 continue
             if nl < 0:
@@ -572,14 +607,14 @@ class Connection:
 
     def next_event(self) -> Event:
         """The next thing the client did, in order."""
-        if self._state is State.GREETING:
-            raise LocalProtocolError("send the greeting first")
-        if self._state is State.TLS_HANDSHAKE:
-            raise LocalProtocolError("finish the TLS handshake (tls_established()) first")
+        if self._state is not _COMMANDS:
+            if self._state is State.GREETING:
+                raise LocalProtocolError("send the greeting first")
+            if self._state is State.TLS_HANDSHAKE:
+                raise LocalProtocolError("finish the TLS handshake (tls_established()) first")
+            return _CONNECTION_CLOSED  # CLOSING or CLOSED; nothing is awaiting an answer in either
         if self._awaiting is not None:
             raise LocalProtocolError(f"answer {self._awaiting!r} first")
-        if self._state in (State.CLOSING, State.CLOSED):
-            return _CONNECTION_CLOSED
         if not self._lines:
             if not self._eof:
                 return _NEED_DATA
@@ -616,7 +651,7 @@ class Connection:
     def _discard_input(self) -> int:
         """Drop everything buffered, and the rest of a line in flight, unread."""
         dropped = self.buffered
-        if self._partial or self._skip is not _Skip.NO:
+        if self._partial or self._skip is not None:
             # A line in flight (torn or overlong): its remainder is not a command either.
             self._skip = _Skip.SILENT
         self._lines.clear()
@@ -666,7 +701,7 @@ class Connection:
                 raise LocalProtocolError("a successful TRACK response is multi-line (RFC 3887 section 4)")
             out = response_line(Status.OK, (), text)
         else:
-            out = response_line(Status.OK_DATA, (), text) + body_block(body)
+            out = _response_line(_OK_DATA, (), text) + body_block(body)
         self._awaiting = None
         if isinstance(command, StartTLS):
             self._discard_input()
@@ -699,7 +734,7 @@ class Connection:
         self._tls = True
         self._secure = secure
         self._starttls_offered = False
-        self._skip = _Skip.NO
+        self._skip = None
         self._state = State.GREETING
 
     def _expect_greeting(self) -> None:

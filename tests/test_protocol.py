@@ -16,10 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from server import protocol
 from server.protocol import (
     _LINE_SPLIT,
     MAX_LINE,
     BadCommand,
+    Command,
     Comment,
     Connection,
     ConnectionClosed,
@@ -589,8 +591,25 @@ def test_998_octets_and_a_cr_wait_for_their_lf() -> None:
 
 def test_overlong_line_ending_in_bare_lf() -> None:
     conn = greeted()
-    events, _ = exchange(conn, b"z" * 5000 + b"\n")
+    conn.receive_data(b"z" * 5000 + b"\n")
+    assert conn.buffered == 0  # dropped as it arrived, even a whole line in one read
+    events, _ = drain(conn)
     assert [e.reason for e in events if isinstance(e, BadCommand)] == [f"Line too long (limit {MAX_LINE} octets)"]
+
+
+def test_the_end_of_a_skipped_line_in_a_read_of_its_own() -> None:
+    """A read that holds just the rest of a line being skipped (overlong, or
+    torn after STARTTLS) ends the skipping, and is no command itself."""
+    too_long = BadCommand(Status.BAD, None, f"Line too long (limit {MAX_LINE} octets)")
+    conn = greeted()
+    conn.receive_data(b"COMMENT " + b"x" * MAX_LINE)
+    assert exchange(conn, b"TRACK <a@b> YWJj\r\n")[0] == [too_long]
+    assert exchange(conn, b"TRACK <a@b> YWJj\r\n")[0] == [Track("a@b", b"abc")]
+    conn = greeted("STARTTLS")
+    exchange(conn, b"STARTTLS mtqp.example.com\r\nTRACK <a@")
+    assert exchange(conn, b"b> YWJj\r\n")[0] == []
+    assert exchange(conn, b"TRACK <a@b> YWJj\r\n")[0] == [Track("a@b", b"abc")]
+    assert conn.counters.discarded == len(b"TRACK <a@b> YWJj\r\n")
 
 
 # -- pipelining ------------------------------------------------------------------
@@ -931,6 +950,9 @@ def test_multi_line_body_framing() -> None:
         ("a\n", b"+OK+\r\na\r\n.\r\n"),
         ("a\r\n", b"+OK+\r\na\r\n.\r\n"),
         ("a\rb\n", b"+OK+\r\na\rb\r\n.\r\n"),
+        ("a\rb\r\n", b"+OK+\r\na\rb\r\n.\r\n"),
+        ("a\r\r\n.b\r\n\r\n.\r\n", b"+OK+\r\na\r\r\n..b\r\n\r\n..\r\n.\r\n"),
+        (".\r\n", b"+OK+\r\n..\r\n.\r\n"),
         ("\u00e9t\u00e9\n", "+OK+\r\n\u00e9t\u00e9\r\n.\r\n".encode()),
     ],
 )
@@ -941,7 +963,12 @@ def test_body_edges(body: str | bytes, wire: bytes) -> None:
 def test_no_line_over_998_octets_can_be_sent() -> None:
     conn = answering()
     assert conn.send_ok(body="h" * MAX_LINE).endswith(b"h" * MAX_LINE + b"\r\n.\r\n")
-    for body in ("h" * (MAX_LINE + 1), "." + "h" * (MAX_LINE - 1), "ok\n" + "\u00e9" * 500):
+    for body in (
+        "h" * (MAX_LINE + 1),
+        "." + "h" * (MAX_LINE - 1),
+        "ok\n" + "\u00e9" * 500,
+        "ok\r\n." + "\r" * 997 + "\r\n",
+    ):
         conn = answering()
         with pytest.raises(LineTooLong):
             conn.send_ok(body=body)
@@ -1197,6 +1224,137 @@ def test_fast_path_agrees_on_generated_tracks(kw, ws, brackets, local, host, sec
         envid = f"<{envid}>"
     text = f"{kw}{ws}{envid}{ws}{base64.b64encode(secret).decode().rstrip('=')}{pad}{tail}"
     _agree(text)
+
+
+# -- the TRACK line matched on the raw line agrees with the general way -------------------------
+#
+# parse_line tries _TRACK_LINE on the raw line before the framing checks, the
+# decoding and _fast_command. Turned off, parse_line takes the general way;
+# on every line, raw octets and terminator included, both must give the same
+# event or the same -BAD.
+
+
+def _general_way(line: bytes) -> Command | BadCommand:
+    """parse_line with both fast paths off: framing checks, then the grammar."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(protocol, "_TRACK_LINE", re.compile(rb"(?!)"))
+        mp.setattr(protocol, "_fast_command", lambda text: None)
+        return parse_line(line)
+
+
+def _agree_raw(line: bytes) -> bool:
+    """Whether the line took the raw fast path (asserting that it agrees)."""
+    assert parse_line(line) == _general_way(line), line
+    return protocol._TRACK_LINE.fullmatch(line) is not None
+
+
+ENDINGS = [
+    b"\r\n",
+    b"\n",
+    b"",
+    b"\r",
+    b"\r\r\n",
+    b"\r\n\r\n",
+    b"\n\r\n",
+    b"\x00\r\n",
+    b" \x0b\r\n",
+    b"\x0c\r\n",
+    b"\xa0\r\n",
+]
+
+
+def test_raw_track_line_agrees_on_the_tables_and_the_rfc() -> None:
+    texts = sorted({v for line in [*_table_lines(), *EXTRA] for v in _variants(line)})
+    taken = sum(_agree_raw(text.encode("ascii") + b"\r\n") for text in texts)
+    for text in [*_table_lines(), *EXTRA]:
+        for ending in ENDINGS:
+            _agree_raw(text.encode("ascii") + ending)
+    assert taken > 100  # the raw fast path is exercised, not merely declining
+
+
+@pytest.mark.parametrize("ending", [b"\r\n", b"\n"])
+@pytest.mark.parametrize("size", [MAX_LINE - 1, MAX_LINE, MAX_LINE + 1, MAX_LINE + 2])
+def test_raw_track_line_at_the_length_limit(size: int, ending: bytes) -> None:
+    padded_envid = b"TRACK <" + b"e" * (size - 15) + b"@b> YWJj"
+    trailing_blanks = b"TRACK a@b YWJj" + b" \t" * ((size - 14) // 2) + b" " * (size % 2)
+    for line in (padded_envid, trailing_blanks):
+        assert len(line) == size
+        assert _agree_raw(line + ending) == (ending == b"\r\n" and size <= MAX_LINE)
+        event = parse_line(line + ending)
+        assert isinstance(event, Track) if ending == b"\r\n" and size <= MAX_LINE else isinstance(event, BadCommand)
+    conn = greeted()
+    events, _ = exchange(conn, padded_envid + ending)
+    assert events == [parse_line(padded_envid + ending)]
+
+
+_XCHARS = [bytes([c]) for c in range(0x21, 0x7F) if c not in b"+="]
+_PLAIN_XTEXT = st.lists(st.sampled_from([c for c in _XCHARS if c not in b"<>"]), max_size=12).map(b"".join)
+_XTEXT = st.lists(st.sampled_from([*_XCHARS, *b"+2B +40 +3C +3E +7E +20".split()]), max_size=12).map(b"".join)
+
+
+@st.composite
+def well_formed_tracks(draw: st.DrawFn) -> tuple[bytes, bool]:
+    """A TRACK line the grammar accepts, and whether it is of the form the
+    raw fast path must take (no hexchar, no bracket inside the envid)."""
+    xtext = draw(st.sampled_from([_PLAIN_XTEXT, _XTEXT]))
+    envid = draw(xtext) + b"@" + draw(xtext)
+    secret = base64.b64encode(draw(st.binary(min_size=1, max_size=48)))
+    if draw(st.booleans()):
+        secret = secret.rstrip(b"=")
+    ws = st.text(" \t", min_size=1, max_size=3).map(str.encode)
+    keyword = draw(st.sampled_from([b"TRACK", b"track", b"tRaCk"]))
+    line = keyword + draw(ws) + (b"<" + envid + b">" if draw(st.booleans()) else envid) + draw(ws) + secret
+    line += draw(st.text(" \t", max_size=3).map(str.encode)) + b"\r\n"
+    return line, not re.search(rb"[+<>]", envid)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(well_formed_tracks())
+def test_raw_track_line_takes_the_well_formed_lines(track: tuple[bytes, bool]) -> None:
+    line, common = track
+    assert isinstance(parse_line(line), Track)
+    assert _agree_raw(line) == common
+
+
+# What the grammar distinguishes near a well-formed line, octet by octet.
+_OCTETS = [*(bytes([c]) for c in b" \t\r\n\x00\x0b\x0c\x7f\xe9<>@+=/_-.!~AaZz09"), b"+2B", b"+0A", b"+2b", b"=="]
+
+
+@pytest.mark.parametrize("line", [b"TRACK <a@b> YWJj\r\n", b"track\ta+2Bb@c YWI= \r\n", b"TrAcK @ YQ\t\r\n"])
+def test_raw_track_line_agrees_one_edit_away(line: bytes) -> None:
+    """Every line one inserted, replaced or deleted octet away from these."""
+    edited = {line[:at] + octets + line[at:] for at in range(len(line) + 1) for octets in _OCTETS}
+    edited |= {line[:at] + octets + line[at + 1 :] for at in range(len(line)) for octets in [b"", *_OCTETS]}
+    assert sum(map(_agree_raw, sorted(edited))) > 10
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    well_formed_tracks(),
+    st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 200), st.integers(-6, -1)),  # negative: from the end
+            st.sampled_from(["insert", "replace", "delete"]),
+            st.sampled_from(_OCTETS),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_raw_track_line_agrees_near_well_formed_lines(
+    track: tuple[bytes, bool], edits: list[tuple[int, str, bytes]]
+) -> None:
+    line = track[0]
+    for where, how, octets in edits:
+        at = where % (len(line) + 1)
+        line = line[:at] + (b"" if how == "delete" else octets) + line[at + (how != "insert") :]
+    _agree_raw(line)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.one_of(PIECES, st.sampled_from([b"\r", b"\x00", b"\xff", b"=", b"+", b"<", b">"])), max_size=6))
+def test_raw_track_line_agrees_on_any_bytes(pieces: list[bytes]) -> None:
+    _agree_raw(b"".join(pieces))
 
 
 # -- the joined framing of a body agrees with the line-by-line one ------------------------------
