@@ -45,7 +45,7 @@ _BASE64 = re.compile(r"[A-Za-z0-9+/]*")
 _HEXCHAR = re.compile(r"\+([0-9A-F]{2})")
 _HEX_CERTIFIER = re.compile(r"[0-9a-fA-F]{40}")
 #: What the keyed certifier is derived from when there is no record, so that
-#: an unknown envelope costs the same HMAC and SHA-1 as a known one.
+#: an unknown envelope costs the same HMAC as a known one.
 _NO_ENVELOPE = "\0no such envelope"
 #: What SHA1(A) is compared with when no log recorded a certifier.
 _NO_CERTIFIER = bytes(hashlib.sha1().digest_size)
