@@ -217,17 +217,16 @@ class _Names:
     """
 
     home: str
+    #: As field text (``_text``): it names nearly every part.
     reporting_mta: str
     hide: bool
     #: Hosts (lower case) of the records in this answer and of their next
     #: hops; only filled in when hiding, the one case that reads it.
     held: frozenset[str]
-    #: ``_text(reporting_mta)``, the name of nearly every part.
-    reporting_text: str
 
     def reporter(self, record: TrackingRecord) -> str:
         """The name a record's part is reported under, as field text."""
-        return self.reporting_text if self.hide or record.host == self.home else _text(record.host)
+        return self.reporting_mta if self.hide or record.host == self.home else _text(record.host)
 
     def internal(self, name: str) -> bool:
         """A host behind the firewall: one whose records this answer holds,
@@ -255,16 +254,16 @@ class _Names:
             return None
         # A local delivery agent's host (RFC 3886 section 3.3.5) is internal.
         if self.hide and (v.action == "delivered" or self.internal(v.remote_mta)):
-            return self.reporting_text
+            return self.reporting_mta
         return _mta_name(v.remote_mta)
 
 
 def _names(home: str, reporting_mta: str, hide: bool, parts: list[tuple[TrackingRecord, list[_Block]]]) -> _Names:
     if not hide:  # only hiding asks which hosts are held (``internal``)
-        return _Names(home, reporting_mta, hide, frozenset(), _text(reporting_mta))
+        return _Names(home, _text(reporting_mta), hide, frozenset())
     held = {record.host.lower() for record, _ in parts}
     held |= {b.view.next_record.host.lower() for _, blocks in parts for b in blocks if b.view.next_record is not None}
-    return _Names(home, reporting_mta, hide, frozenset(held), _text(reporting_mta))
+    return _Names(home, _text(reporting_mta), hide, frozenset(held))
 
 
 def _recipient_fields(b: _Block, names: _Names, lines: list[str]) -> None:
