@@ -226,7 +226,11 @@ class Link:
         return cls(d["host"], d["queue_id"], d["kind"])
 
 
-@dataclass(slots=True)
+#: ``TrackingRecord.handle`` of a record no store holds yet.
+NEW = -1
+
+
+@dataclass(slots=True, weakref_slot=True)
 class TrackingRecord:
     """One envelope on one reporting host.
 
@@ -255,6 +259,12 @@ class TrackingRecord:
     parents: list[Link] = field(default_factory=list)
     children: list[Link] = field(default_factory=list)
     recipients: list[Recipient] = field(default_factory=list)
+    #: The store's own number for the record, None until a store holds it:
+    #: writing the record again then finds its place without a lookup;
+    #: ``NEW`` when whoever made it vouches that no store holds its rid yet
+    #: (the correlator, for the records it makes). Not one of the record's
+    #: facts: not in ``to_dict``, not compared.
+    handle: int | None = field(default=None, compare=False, repr=False)
 
     @staticmethod
     def make_rid(host: str, queue_id: str, first_seen: datetime) -> str:

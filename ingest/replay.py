@@ -5,17 +5,22 @@ order the shell gave it (``mail.log.3.gz mail.log.2.gz mail.log.1
 mail.log``, or dated ``mail.log-20260301.gz``). ``replay`` reads each file
 through the parsers and the correlator and writes the records in batches.
 Running it twice gives the same store: applying an event is idempotent.
+It streams: every ``BATCH`` lines, the records no later line can change are
+written and dropped (``Correlator.evict``), so that memory follows the
+traffic in flight, not the length of the logs.
 """
 
 from __future__ import annotations
 
 import operator
+import os
 import re
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 from zoneinfo import ZoneInfo
@@ -23,12 +28,13 @@ from zoneinfo import ZoneInfo
 from parsers import Context, Kind, parse
 
 from .bulk import gc_paused
-from .correlator import Correlator, Settings
+from .correlator import DEFAULT_MEMORY, Correlator, Settings
+from .records import iso
 from .sources import line_blocks, reference_time
 from .store import Store
 
-#: Records are handed to the store once this many have changed.
-BATCH = 10_000
+#: Lines between two rounds of writing what is done (``Correlator.evict``).
+BATCH = 20_000
 
 _KIND = operator.attrgetter("kind")
 _ROTATED = re.compile(r"^(?P<base>.+?)(?:\.(?P<num>\d+)|-(?P<date>\d{8}(?:\d{2})?))?(?P<ext>\.(?:gz|bz2|xz))?$")
@@ -63,6 +69,8 @@ class Summary:
     records: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    #: Each file read: the times of its first and last lines (RFC 3339).
+    sources: dict[str, list[str]] = field(default_factory=dict)
 
     def write(self, out: TextIO) -> None:
         rate = self.lines / self.seconds if self.seconds else 0.0
@@ -105,17 +113,21 @@ def replay(
     tz: str | None = None,
     mta: str = "auto",
     progress: TextIO | None = None,
+    memory: int = DEFAULT_MEMORY,
 ) -> Summary:
-    """Read ``paths`` (in rotation order) into ``store``; flush at the end."""
+    """Read ``paths`` (in rotation order) into ``store``; flush at the end.
+    ``memory`` is what the correlator's records may take."""
     started = time.monotonic()
-    correlator = Correlator(store, settings)
+    correlator = Correlator(store, settings, memory=memory)
     summary = Summary()
     bar = Progress(progress)
     zone = ZoneInfo(tz) if tz else None
     with gc_paused():
         _replay_files(paths, correlator, summary, bar, zone, mta)
-    correlator.flush(durable=True)
-    summary.records = len(correlator.written)
+    correlator.flush(durable=False)
+    note_sources(store, summary.sources)
+    store.flush()
+    summary.records = correlator.written
     bar.done()
     summary.seconds = time.monotonic() - started
     return summary
@@ -128,19 +140,48 @@ def _replay_files(
         try:
             ref = reference_time(path)
             ctx = Context(tz=zone, reference=ref) if zone else Context(reference=ref)
+            since_evict = 0
+            first = last = None
             for block in line_blocks(path):
                 events = [parse(text, ctx, mta) for text in block]
                 summary.kinds.update(map(_KIND, events))
                 for ev in events:
                     correlator.apply(ev)
+                first, last = first or _first_time(events), _last_time(events) or last
                 summary.lines += len(events)
-                if correlator.pending >= BATCH:
-                    correlator.flush(durable=False)
+                since_evict += len(events)
+                if since_evict >= BATCH:
+                    since_evict = 0
+                    correlator.evict()
                     bar.update(path, summary.lines)
+            if first is not None and last is not None:
+                summary.sources[os.path.abspath(path)] = [iso(first), iso(last)]
         except OSError as exc:
             summary.errors.append(f"{path}: {exc.strerror or exc}")
         except EOFError as exc:  # a truncated compressed file: what was read counts
             summary.errors.append(f"{path}: truncated ({exc})")
+
+
+def _first_time(events: list) -> datetime | None:  # type: ignore[type-arg]
+    return next((ev.ts for ev in events if ev.ts is not None), None)
+
+
+def _last_time(events: list) -> datetime | None:  # type: ignore[type-arg]
+    return next((ev.ts for ev in reversed(events) if ev.ts is not None), None)
+
+
+def note_sources(store: Store, sources: dict[str, list[str]]) -> None:
+    """Keep, beside the records, which log files gave them and the times
+    they cover: what to replay again if records are damaged (the store
+    names these files when it sets damaged records aside)."""
+    if not sources or getattr(store, "readonly", False):
+        return
+    known = dict(store.get_meta("sources") or {})
+    for path, (first, last) in sources.items():
+        if path in known:
+            first, last = min(first, known[path][0]), max(last, known[path][1])
+        known[path] = [first, last]
+    store.set_meta("sources", known)
 
 
 def progress_stream() -> TextIO | None:

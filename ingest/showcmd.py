@@ -112,11 +112,13 @@ def show(store: Store, ident: str, *, as_json: bool, out: TextIO) -> int:
 
 
 def search(store: Store, *, as_json: bool, out: TextIO, **criteria: object) -> int:
-    """Print the records that match; 1 when none."""
-    found = store.search(**criteria)  # type: ignore[arg-type]
-    for i, rec in enumerate(found):
+    """Print the records that match as they are found (newest first
+    unless ``oldest_first``); 1 when none."""
+    printed = 0
+    for rec in store.search(**criteria):  # type: ignore[arg-type]
         if as_json:
             out.write(json.dumps(record_json(rec, store)) + "\n")
         else:
-            out.write(("\n" if i else "") + render(rec, store) + "\n")
-    return 0 if found else 1
+            out.write(("\n" if printed else "") + render(rec, store) + "\n")
+        printed += 1
+    return 0 if printed else 1

@@ -5,7 +5,9 @@ into the store at once (a reader in the same process sees them at once);
 every ``FLUSH_EVERY`` seconds the changed records are made durable, and only
 then the checkpoint of the last line they include. A crash therefore loses
 no line (lines after the saved checkpoint are read again) and doubles
-nothing (applying them again changes nothing).
+nothing (applying them again changes nothing). Every ``EXPIRE_EVERY`` the
+store drops what is past retention (by the clock: a tailer follows today's
+mail).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import trio
 
 from parsers import Context, parse
 
-from .correlator import Correlator, Settings
+from .correlator import DEFAULT_MEMORY, Correlator, Settings
+from .records import iso
+from .replay import note_sources
 from .store import Store
 from .tail import Checkpoint, follow
 
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: How often changed records, then checkpoints, are made durable.
 FLUSH_EVERY = 0.5
+#: How often the store drops records past retention.
+EXPIRE_EVERY = 3600.0
 #: A BSD timestamp's year is inferred against "now"; a follower that runs for
 #: months must move its reference on.
 REFERENCE_REFRESH = timedelta(hours=1)
@@ -41,15 +47,26 @@ class Tailer:
     """Applies followed lines to the store and persists checkpoints after
     the records they cover."""
 
-    def __init__(self, store: Store, settings: Settings, *, tz: str | None = None, mta: str = "auto") -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        tz: str | None = None,
+        mta: str = "auto",
+        memory: int = DEFAULT_MEMORY,
+    ) -> None:
         self.store = store
-        self.correlator = Correlator(store, settings)
+        self.correlator = Correlator(store, settings, memory=memory)
         self.zone = ZoneInfo(tz) if tz else UTC
         self.mta = mta
         self.lines = 0
         self._ctx = Context(tz=self.zone)
         self._ctx_made = time.monotonic()
         self._unsaved: dict[str, Checkpoint] = {}
+        #: Per path, the times of the first and last lines read (for the
+        #: store's ``sources``: what to replay to restore damaged records).
+        self._times: dict[str, list[str]] = {}
 
     def checkpoints(self, paths: list[str]) -> dict[str, Checkpoint]:
         out = {}
@@ -70,8 +87,17 @@ class Tailer:
 
     async def on_lines(self, path: str, batch: list[tuple[str, Checkpoint]]) -> None:
         ctx = self._context()
+        apply = self.correlator.apply
+        first = last = None
         for text, _ in batch:
-            self.correlator.apply(parse(text, ctx, self.mta))
+            ev = parse(text, ctx, self.mta)
+            apply(ev)
+            if ev.ts is not None:
+                first = first or ev.ts
+                last = ev.ts
+        if first is not None:
+            seen = self._times.setdefault(path, [iso(first), iso(last)])
+            seen[1] = iso(last)
         self.lines += len(batch)
         self.correlator.flush(durable=False)  # readers in this process see it now
         self._unsaved[path] = batch[-1][1]
@@ -80,11 +106,17 @@ class Tailer:
         """Records first, then the checkpoints that they cover."""
         if not self._unsaved and not self.correlator.pending:
             return
-        self.correlator.flush(durable=True)
+        self.correlator.flush(durable=False)
         for path, cp in self._unsaved.items():
             self.store.set_meta(checkpoint_key(path), cp.to_dict())
         self._unsaved.clear()
+        if self._times:
+            note_sources(self.store, self._times)
+            self._times.clear()
         self.store.flush()
+
+    def expire(self) -> int:
+        return self.store.expire(datetime.now(UTC))
 
 
 async def run(
@@ -106,9 +138,15 @@ async def run(
 
 
 async def _flush_loop(tailer: Tailer) -> None:
+    expire_at = time.monotonic() + EXPIRE_EVERY
     while True:
         await trio.sleep(FLUSH_EVERY)
         tailer.flush()
+        if time.monotonic() >= expire_at:
+            expire_at = time.monotonic() + EXPIRE_EVERY
+            gone = tailer.expire()
+            if gone:
+                log.info("retention: %d records dropped", gone)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

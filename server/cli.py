@@ -13,8 +13,6 @@ the store and the server for it would cost a tenth of its run.
 from __future__ import annotations
 
 import argparse
-import ipaddress
-import logging
 import os
 import re
 import sys
@@ -22,13 +20,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from parsers import MTAS
 
 if TYPE_CHECKING:
     from ingest.correlator import Settings
-    from ingest.tinystore import TinyStore
+    from ingest.memory import Budget
+    from ingest.store.tiny import TinyStore
+
+#: The MTAs the parsers read (``parsers.MTAS``), spelt out here so that a
+#: command that reads no log does not import the parsers (a tenth of
+#: ``mtqpd show``'s start); a test holds the two equal.
+MTAS = ("postfix", "exim", "sendmail")
+#: A reader's exit status when some records it met could not be read.
+PARTIAL = 3
 
 #: Where the store lives unless --store or $MTQPD_STORE says otherwise.
 DEFAULT_STORE = "/var/lib/mtqpd"
@@ -51,6 +54,8 @@ def _positive(text: str) -> int:
 
 
 def _zone(text: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     try:
         ZoneInfo(text)
     except (ZoneInfoNotFoundError, ValueError):
@@ -74,12 +79,27 @@ def _when(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _size(text: str) -> int:
+    from ingest.memory import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _store_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--store",
         metavar="DIR",
         default=os.environ.get("MTQPD_STORE", DEFAULT_STORE),
         help=f"the tracking store (default: $MTQPD_STORE or {DEFAULT_STORE})",
+    )
+    p.add_argument(
+        "--memory",
+        type=_size,
+        metavar="SIZE",
+        help="memory to keep within, whatever the size of the store or the logs (default 256M)",
     )
 
 
@@ -145,6 +165,7 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     _store_option(p)
     p.add_argument("--from", dest="sender", metavar="ADDR", help="envelope sender")
     p.add_argument("--to", dest="recipient", metavar="ADDR", help="recipient, final or original")
+    p.add_argument("--oldest-first", action="store_true", help="oldest first (default: newest first)")
     p.add_argument("--since", type=_when, metavar="T", help="arrived at or after T (RFC 3339, or 2h, 3d ago)")
     p.add_argument("--until", type=_when, metavar="T", help="arrived at or before T")
     p.add_argument(
@@ -157,13 +178,41 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per record")
 
 
-def _open(args: argparse.Namespace, *, readonly: bool) -> TinyStore:
-    from ingest.tinystore import TinyStore
+def _budget(args: argparse.Namespace) -> Budget:
+    from ingest.memory import Budget
 
-    path = Path(args.store)
+    return Budget(args.memory) if getattr(args, "memory", None) else Budget()
+
+
+def _store_path(args: argparse.Namespace) -> Path:
+    """The directory ``--store`` names (``StoreError`` for a URI of a kind
+    this mtqpd does not have)."""
+    from ingest.store import location_path
+
+    return location_path(args.store)
+
+
+def _open(args: argparse.Namespace, *, readonly: bool) -> TinyStore:
+    from ingest.store.tiny import TinyStore
+
+    path = _store_path(args)
+    budget = _budget(args)
     if readonly and not path.is_dir():
         raise SystemExit(f"mtqpd {args.command}: no store at {path} (mtqpd replay --store {path} LOG... makes one)")
-    return TinyStore(path, readonly=readonly)
+    return TinyStore(path, readonly=readonly, memory=budget.total if readonly else budget.store)
+
+
+def _partial(store: TinyStore, status: int) -> int:
+    """``status``, or ``PARTIAL`` (with a word on standard error) when the
+    answer may lack records the store could not read."""
+    if not store.unreadable:
+        return status
+    print(
+        f"mtqpd: {store.unreadable} record(s) in the store could not be read (damaged files): the answer may be "
+        f"incomplete; 'mtqpd reindex --store {store.path}' sets them aside and names the logs that restore them",
+        file=sys.stderr,
+    )
+    return PARTIAL
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -185,16 +234,25 @@ def _replay(args: argparse.Namespace) -> int:
     from ingest.replay import progress_stream, replay
 
     settings = _settings(args)
+    budget = _budget(args)
     store = _open(args, readonly=False)
     jobs = args.jobs or os.cpu_count() or 1
     try:
-        if len(store) == 0 and parallel.spreadable(args.files, jobs):
+        if store.span() is None and parallel.spreadable(args.files, jobs):
             store.close()  # the spread replay takes the store's lock itself
             summary = parallel.replay_spread(
-                args.files, Path(args.store), settings=settings, tz=args.tz, mta=args.mta, jobs=jobs
+                args.files, store.path, settings=settings, tz=args.tz, mta=args.mta, jobs=jobs, budget=budget
             )
         else:
-            summary = replay(args.files, store, settings=settings, tz=args.tz, mta=args.mta, progress=progress_stream())
+            summary = replay(
+                args.files,
+                store,
+                settings=settings,
+                tz=args.tz,
+                mta=args.mta,
+                progress=progress_stream(),
+                memory=budget.correlator,
+            )
     except parallel.RangeFailed as exc:
         print(f"mtqpd replay: a worker process failed; the store may be incomplete:\n{exc}", file=sys.stderr)
         return 1
@@ -205,6 +263,8 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
+    import logging
+
     import trio
 
     from ingest import tailcmd
@@ -214,7 +274,7 @@ def _tail(args: argparse.Namespace) -> int:
     settings = _settings(args)
     store = _open(args, readonly=False)
     try:
-        tailer = tailcmd.Tailer(store, settings, tz=args.tz, mta=args.mta)
+        tailer = tailcmd.Tailer(store, settings, tz=args.tz, mta=args.mta, memory=_budget(args).correlator)
         trio.run(tailcmd.run, [os.path.abspath(f) for f in args.files], tailer)
     finally:
         store.close()
@@ -226,17 +286,38 @@ def _show(args: argparse.Namespace) -> int:
 
     store = _open(args, readonly=True)
     status = showcmd.show(store, args.ident, as_json=args.json, out=sys.stdout)
-    if status:
+    if status and not store.unreadable:
         print(f"mtqpd show: nothing known of {args.ident}", file=sys.stderr)
-    return status
+    return _partial(store, status)
 
 
 def _search(args: argparse.Namespace) -> int:
     from ingest import showcmd
 
     store = _open(args, readonly=True)
-    criteria = {k: getattr(args, k) for k in ("sender", "recipient", "since", "until", "action", "limit")}
-    return showcmd.search(store, as_json=args.json, out=sys.stdout, **criteria)
+    names = ("sender", "recipient", "since", "until", "action", "limit", "oldest_first")
+    criteria = {k: getattr(args, k) for k in names}
+    return _partial(store, showcmd.search(store, as_json=args.json, out=sys.stdout, **criteria))
+
+
+def _reindex_options(p: argparse.ArgumentParser) -> None:
+    _store_option(p)
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="mtqpd reindex: %(message)s")
+    path = _store_path(args)
+    if not path.is_dir():
+        raise SystemExit(f"mtqpd reindex: no store at {path}")
+    store = _open(args, readonly=False)  # a store of an older format is upgraded as it opens
+    try:
+        records = store.rebuild()
+    finally:
+        store.close()
+    print(f"{path}: {records} records indexed")
+    return 0
 
 
 # -- serve ---------------------------------------------------------------------
@@ -276,6 +357,8 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--site-key-file", type=Path, metavar="FILE", help="default: <store>/site.key, made if missing")
     p.add_argument("--reporting-mta", metavar="NAME", help="the name answers report (default: this host's FQDN)")
     p.add_argument("--hide-internal", action="store_true", help="report internal hops as --reporting-mta")
+    import ipaddress
+
     p.add_argument(
         "--trusted",
         action="append",
@@ -302,11 +385,14 @@ def _serve(args: argparse.Namespace) -> int:
     if len(args.tls_cert) != len(args.tls_key):
         print("mtqpd serve: give one --tls-key for each --tls-cert", file=sys.stderr)
         return 2
+    import logging
+
     logging.basicConfig(level=logging.WARNING, format="mtqpd serve: %(message)s")
     logging.getLogger("server").setLevel(logging.INFO)
     try:
         serve.run(
-            Path(args.store),
+            _store_path(args),
+            memory=_budget(args).total,
             listen=args.listen or serve.DEFAULT_ADDRESSES,
             tls=list(zip(args.tls_cert, args.tls_key, strict=True)),
             tls_required=args.tls_required,
@@ -379,7 +465,7 @@ def _track(args: argparse.Namespace) -> int:
 
 
 def _secret(args: argparse.Namespace) -> int:
-    from ingest.tinystore import TinyStore
+    from ingest.store.tiny import TinyStore
     from server import client, config, serve
 
     try:
@@ -388,7 +474,7 @@ def _secret(args: argparse.Namespace) -> int:
         if not cfg.store.is_dir():
             raise config.ConfigError(f"no store at {cfg.store} (mtqpd replay --store {cfg.store} LOG... makes one)")
         site_key = serve.load_site_key(cfg.site_key_path)
-        store = TinyStore(cfg.store, readonly=True)
+        store = TinyStore(cfg.store, readonly=True, memory=cfg.memory)
         return client.secret_command(store, args.ident, site_key, host, port, out=sys.stdout)
     except (config.ConfigError, LookupError, ValueError) as exc:
         print(f"mtqpd secret: {exc}", file=sys.stderr)
@@ -396,6 +482,8 @@ def _secret(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import logging
+
     from server import config
     from server import run as runner
 
@@ -442,7 +530,19 @@ _COMMANDS: dict[
         _show_options,
         _show,
     ),
-    "search": ("find messages by sender, recipient, time and outcome", "Search the store.", _search_options, _search),
+    "search": (
+        "find messages by sender, recipient, time and outcome",
+        "Search the store, newest first. Exit status 1 when nothing matches, 3 when records could not be read.",
+        _search_options,
+        _search,
+    ),
+    "reindex": (
+        "rebuild the store's index from its records (and upgrade an older store)",
+        "Build the index of a store again from its record files; damaged records are set aside, and the logs "
+        "that restore them named. A store written by an older mtqpd is upgraded in place.",
+        _reindex_options,
+        _reindex,
+    ),
     "serve": (
         "answer MTQP queries (RFC 3887, port 1038) from the store",
         "Serve MTQP over an existing store until SIGTERM or SIGINT. SIGUSR1 pauses the service "
@@ -482,11 +582,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    from ingest.store import StoreLocked
+    from ingest.store import StoreError
 
     try:
         return _COMMANDS[args.command][3](args)
-    except StoreLocked as exc:
+    except StoreError as exc:
         print(f"mtqpd {args.command}: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `mtqpd parse big.log | head`: stop quietly

@@ -11,6 +11,7 @@ is not silently ignored.
 The file, every key optional::
 
     store = "/var/lib/mtqpd"          # else $MTQPD_STORE, else /var/lib/mtqpd
+    memory = "256M"                   # what the process keeps within, whatever the store's size
     site_key_file = "site.key"        # default: <store>/site.key (made if missing)
     reporting_mta = "mx1.example.org" # default: this host's FQDN
     hide_internal = false             # RFC 3887 example #12
@@ -64,6 +65,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ingest.correlator import DEFAULT_LIFETIMES, Settings
+from ingest.memory import DEFAULT_MEMORY, Budget, parse_size
+from ingest.store import StoreError, location_path
 from parsers import MTAS
 
 from .auth import Network
@@ -94,6 +97,7 @@ class Config:
     then the command line."""
 
     store: Path = field(default_factory=lambda: Path(os.environ.get("MTQPD_STORE", DEFAULT_STORE)))
+    memory: int = DEFAULT_MEMORY
     site_key_file: Path | None = None
     reporting_mta: str | None = None
     hide_internal: bool = False
@@ -106,6 +110,10 @@ class Config:
     lifetimes: dict[str, timedelta] = field(default_factory=lambda: dict(DEFAULT_LIFETIMES))
     #: The file read, if any.
     source: Path | None = None
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.memory)
 
     @property
     def site_key_path(self) -> Path:
@@ -187,6 +195,12 @@ def _zone(value: Any) -> str:
     return text
 
 
+def _memory(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"a size like 256M or a number of bytes, not {value!r}")
+    return parse_size(value)
+
+
 def _mta(value: Any) -> str:
     text = _text(value).lower()
     if text not in ("auto", *MTAS):
@@ -254,10 +268,19 @@ class _Reader:
         path = Path(os.path.expanduser(_text(value)))
         return path if path.is_absolute() else self.base / path
 
+    def store(self, value: Any) -> Path:
+        """A store's location: a path (relative to the file), or a URI of a
+        kind this mtqpd has."""
+        try:
+            return self.path(str(location_path(os.path.expanduser(_text(value)))))
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
+
 
 def _top_checkers(r: _Reader) -> dict[str, Callable[[Any], Any]]:
     return {
-        "store": r.path,
+        "store": r.store,
+        "memory": _memory,
         "site_key_file": r.path,
         "reporting_mta": _text,
         "hide_internal": _bool,
@@ -288,7 +311,7 @@ def load(path: Path | str) -> tuple[Config, set[str]]:
     cfg = Config(source=source)
     given: set[str] = set()
 
-    for key in ("store", "site_key_file", "reporting_mta", "hide_internal", "listen"):
+    for key in ("store", "memory", "site_key_file", "reporting_mta", "hide_internal", "listen"):
         if key in top:
             setattr(cfg, key, top[key])
             given.add(key)
@@ -416,6 +439,7 @@ def add_options(p: argparse.ArgumentParser, groups: Sequence[str] = GROUPS) -> N
     )
     if "store" in groups:
         p.add_argument("--store", metavar="DIR", help="the tracking store (file: store)")
+        p.add_argument("--memory", type=_arg(_memory), metavar="SIZE", help="memory to keep within (file: memory)")
         p.add_argument("--site-key-file", metavar="FILE", help="default: <store>/site.key (file: site_key_file)")
         p.add_argument("--reporting-mta", metavar="NAME", help="this server's name in answers (default: FQDN)")
     if "server" in groups:
@@ -449,9 +473,15 @@ def from_args(args: argparse.Namespace) -> Config:
     def fail(key: str, problem: str) -> ConfigError:
         return ConfigError(f"--{key.replace('_', '-')}: {problem}")
 
-    for key in ("store", "site_key_file"):
-        if key in given:
-            setattr(cfg, key, Path(getattr(args, key)))
+    if "store" in given:
+        try:
+            cfg.store = location_path(args.store)
+        except StoreError as exc:
+            raise fail("store", str(exc)) from None
+    if "site_key_file" in given:
+        cfg.site_key_file = Path(args.site_key_file)
+    if "memory" in given:
+        cfg.memory = args.memory
     for key in ("reporting_mta", "hide_internal", "tls_required"):
         if key in given:
             setattr(cfg, key, getattr(args, key))

@@ -24,9 +24,9 @@ from collections import Counter
 import trio
 
 from ingest import tailcmd
+from ingest.store.tiny import TinyStore
 from ingest.tail import Checkpoint
 from ingest.tailcmd import Tailer
-from ingest.tinystore import TinyStore
 
 from .config import Config
 from .net import Server
@@ -60,15 +60,22 @@ class Tailers:
         for tailer in self.tailers:
             tailer.flush()
 
+    def expire(self) -> int:
+        return self.tailers[0].expire()  # they share one store
+
 
 def make_tailers(store: TinyStore, cfg: Config) -> tuple[list[str], Tailer | Tailers]:
-    """The absolute paths to follow, and what applies their lines."""
+    """The absolute paths to follow, and what applies their lines: the
+    budget's correlator share goes to the tailers together."""
+    memory = cfg.budget.correlator
     groups: dict[tuple[str | None, str | None, str], Tailer] = {}
     by_path: dict[str, Tailer] = {}
     for source in cfg.logs:
         key = (source.host, source.tz, source.mta)
         if key not in groups:
-            groups[key] = Tailer(store, cfg.settings(source.host), tz=source.tz, mta=source.mta)
+            groups[key] = Tailer(
+                store, cfg.settings(source.host), tz=source.tz, mta=source.mta, memory=memory // max(len(cfg.logs), 1)
+            )
         by_path[os.path.abspath(source.path)] = groups[key]
     hosts = Counter(host for host, _, _ in groups)
     for host, n in hosts.items():
@@ -110,8 +117,8 @@ def run(cfg: Config) -> None:
     if not cfg.logs:
         raise ConfigError("nothing to tail: give [[log]] in the file or --log (mtqpd serve serves without tailing)")
     identities = [load_identity(cert, key) for cert, key in cfg.tls]
-    store = TinyStore(cfg.store)
-    freeze_loaded_heap()  # a full collection over a loaded store would pause every connection
+    store = TinyStore(cfg.store, memory=cfg.budget.store)
+    freeze_loaded_heap()  # what is loaded now lives as long as the process
     try:
         server = Server(
             store,

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import trio
 
-from ingest.tinystore import TinyStore
+from ingest.memory import DEFAULT_MEMORY
+from ingest.store.tiny import TinyStore
 
 from .auth import Network
 from .net import DEFAULT_ADDRESSES, Identity, Limits, Server, tls_context
@@ -199,11 +200,10 @@ def raise_fd_limit(needed: int) -> int:
 
 
 def freeze_loaded_heap() -> None:
-    """Take what is loaded now (the store's records, millions of objects)
-    out of the cyclic collector's sight: a full collection walks all of
-    them, about half a second for the 1,000,000-line benchmark's store,
-    and stalls every connection while it runs. Nothing loaded is cyclic
-    garbage-to-be; records replaced later are freed by reference counting."""
+    """Take what is loaded now (the modules, their grammars, the store's
+    connection) out of the cyclic collector's sight: a full collection
+    would walk them again and again, to find nothing, while every
+    connection waits."""
     gc.collect()
     gc.freeze()
 
@@ -246,6 +246,7 @@ def run(
     hide_internal: bool = False,
     trusted: Sequence[Network] = (),
     limits: Limits,
+    memory: int = DEFAULT_MEMORY,
 ) -> None:
     """``mtqpd serve``: load the configuration, then serve until signalled.
     The reporting MTA defaults to this host's FQDN. Raises ``ConfigError``
@@ -257,7 +258,7 @@ def run(
     site_key = load_site_key(site_key_file or store_path / "site.key")
     identities = [load_identity(cert, key) for cert, key in tls]
     raise_fd_limit(limits.max_connections + SPARE_FDS)
-    store = TinyStore(store_path, readonly=True)
+    store = TinyStore(store_path, readonly=True, memory=memory)
     freeze_loaded_heap()
     server = Server(
         store,

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from ingest.store.tiny import TinyStore
 from server import client, config
 from server.config import Config, ConfigError, LogSource
 
@@ -285,8 +286,9 @@ host = "mx1"
         run.send_signal(signal.SIGTERM)
         code = run.wait(timeout=30)
     assert code == 0, run.stderr.read() if run.stderr else ""
-    meta = json.loads((store / "meta.json").read_text())
-    (checkpoint,) = [doc["value"] for doc in meta["meta"].values() if doc["key"].startswith("tail:")]
+    reader = TinyStore(store, readonly=True)
+    (checkpoint,) = [reader.get_meta(f"tail:{log}")]
+    reader.close()
     assert checkpoint["offset"] == log.stat().st_size
     shown = subprocess.run(
         [

@@ -20,7 +20,7 @@ CTX = Context(reference=datetime(2026, 12, 1, tzinfo=UTC))
 
 
 def snapshot(store: MemoryStore) -> list[dict]:
-    return [r.to_dict() for r in store.search()]
+    return [r.to_dict() for r in store.search(oldest_first=True)]
 
 
 def apply_lines(lines: list[str], store: MemoryStore, flush_every: int = 0) -> MemoryStore:

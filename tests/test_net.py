@@ -31,7 +31,7 @@ import trustme
 
 from ingest.correlator import Settings
 from ingest.replay import replay
-from ingest.tinystore import TinyStore
+from ingest.store.tiny import TinyStore
 from server import serve
 from server.auth import encode_secret, keyed_secret
 from server.net import IDLE_SLACK, Identity, Limits, Server

@@ -1,14 +1,15 @@
 """A replay spread over processes makes the store the sequential replay makes.
 
-Logs are cut at many places (2 to 7 ranges of real MTA logs and of a
-generated log with deferrals and bounces spanning hours), so that messages
-in flight at a cut, deferred across one, and bounces whose parent lies in
-another range all occur; each spread store is compared record by record
-with the sequential one.
+Logs are cut at many places (2 to 9 chunks of real MTA logs and of a
+generated log with deferrals and bounces spanning hours, over 2 or 3
+workers), so that messages in flight at a cut, deferred across several,
+and bounces whose parent lies in another chunk all occur; each spread
+store is compared record by record with the sequential one.
 """
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from ingest import parallel
 from ingest.correlator import Settings
 from ingest.replay import replay
 from ingest.sources import cut, lines
-from ingest.tinystore import TinyStore
+from ingest.store.tiny import TinyStore
 from server import cli
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -39,7 +40,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def records(store: Path) -> dict[str, dict]:
     opened = TinyStore(store, readonly=True)
-    return {r.rid: r.to_dict() for r in opened.search()}
+    return {r.rid: r.to_dict() for r in opened.search(oldest_first=True)}
 
 
 def sequential(paths: list[str], store: Path) -> dict[str, dict]:
@@ -49,8 +50,10 @@ def sequential(paths: list[str], store: Path) -> dict[str, dict]:
     return records(store)
 
 
-def spread(paths: list[str], store: Path, jobs: int) -> dict[str, dict]:
-    summary = parallel.replay_spread(paths, store, settings=SETTINGS, tz=None, mta="auto", jobs=jobs)
+def spread(paths: list[str], store: Path, jobs: int, chunks: int | None = None) -> dict[str, dict]:
+    summary = parallel.replay_spread(
+        paths, store, settings=SETTINGS, tz=None, mta="auto", jobs=jobs, chunks=chunks or jobs
+    )
     got = records(store)
     assert summary.records == len(got) and summary.lines == sum(1 for p in paths for _ in lines(p))
     return got
@@ -60,27 +63,32 @@ LOGS = ["postfix/postfix.bsd.log", "postfix/postfix.rfc3339.log", "exim/mainlog"
 
 
 @pytest.mark.parametrize("log", LOGS)
-@pytest.mark.parametrize("jobs", [2, 3, 7])
-def test_sample_logs_cut_anywhere(tmp_path: Path, log: str, jobs: int) -> None:
+@pytest.mark.parametrize(("jobs", "chunks"), [(2, 2), (2, 5), (3, 9)])
+def test_sample_logs_cut_anywhere(tmp_path: Path, log: str, jobs: int, chunks: int) -> None:
     path = [str(SAMPLES / log)]
-    assert spread(path, tmp_path / "spread", jobs) == sequential(path, tmp_path / "seq")
+    assert spread(path, tmp_path / "spread", jobs, chunks) == sequential(path, tmp_path / "seq")
 
 
-@pytest.mark.parametrize("jobs", [2, 5])
-def test_generated_log_with_spanning_messages(tmp_path: Path, generated: Path, jobs: int) -> None:
+@pytest.mark.parametrize(("jobs", "chunks"), [(2, 2), (2, 7), (3, 12)])
+def test_generated_log_with_spanning_messages(tmp_path: Path, generated: Path, jobs: int, chunks: int) -> None:
     want = sequential([str(generated)], tmp_path / "seq")
-    got = spread([str(generated)], tmp_path / "spread", jobs)
+    got = spread([str(generated)], tmp_path / "spread", jobs, chunks)
     assert got == want
-    # the cuts did fall inside messages: some keys had to be correlated again
-    runs = cut([str(generated)], jobs)
-    touched = [parallel._correlate(parallel._blocks(run), SETTINGS, None, "auto").keys() for run in runs]
-    assert len(runs) == jobs and parallel._spanning(touched, [])
+    # the cuts did fall inside messages: some chunks' keys were carried
+    runs = cut([str(generated)], chunks)
+    touched = [_keys(run) for run in runs]
+    assert len(runs) == chunks and any(a & b for a, b in itertools.pairwise(touched))
 
 
-def test_hours_held_by_one_range_are_written_by_it(tmp_path: Path) -> None:
-    """A log of several hours: each range writes the hours only it holds
-    (their documents made while the parent works), the parent the hours
-    around the cut; together, the sequential replay's store."""
+def _keys(run: list) -> set:
+    steps = list(parallel._correlate(run, SETTINGS, None, "auto", {}))
+    return steps[-1].keys()
+
+
+def test_hours_of_several_chunks(tmp_path: Path) -> None:
+    """A log of several hours in several chunks: the workers write the
+    records that are done, the parent those in flight at the cuts;
+    together, the sequential replay's store."""
     log = tmp_path / "slow.log"
     subprocess.run(
         [sys.executable, str(SAMPLES / "generate.py"), "--lines", "6000", "--rate", "0.1", "--seed", "5", "-o", log],
@@ -88,15 +96,15 @@ def test_hours_held_by_one_range_are_written_by_it(tmp_path: Path) -> None:
         capture_output=True,
     )
     want = sequential([str(log)], tmp_path / "seq")
-    assert spread([str(log)], tmp_path / "spread", 2) == want
-    hours = sorted(p.name for p in (tmp_path / "spread" / "records").iterdir())
-    assert len(hours) >= 3, hours  # the first hour is the first range's alone, the last the second's
+    assert spread([str(log)], tmp_path / "spread", 2, 6) == want
+    hours = {p.name.split(".")[0] for p in (tmp_path / "spread" / "records").iterdir()}
+    assert len(hours) >= 3, hours
 
 
 def test_lines_and_ties_read_back_from_the_flat_hits() -> None:
     """Line 1 touches a, line 2 nothing, line 3 b and a (a bounce and its
     parent), line 4 c, line 5 a."""
-    done = parallel._Correlation(None, None)  # type: ignore[arg-type]
+    done = parallel._Correlation(None, None, None)  # type: ignore[arg-type]
     a, b, c = ("h", "A"), ("h", "B"), ("h", "C")
     done.hits += [a, b, a, c, a]
     done.marks.extend([1, 1, 3, 4, 5])
@@ -115,7 +123,7 @@ def test_rotated_set_cut_across_files(tmp_path: Path, generated: Path) -> None:
     old.write_text(text[:half])
     new.write_text(text[half:])
     paths = [str(new), str(old)]  # the shell's order; replay puts mail.log.1 first
-    assert spread(paths, tmp_path / "spread", 4) == sequential([str(generated)], tmp_path / "seq")
+    assert spread(paths, tmp_path / "spread", 2, 4) == sequential([str(generated)], tmp_path / "seq")
 
 
 def test_cut_gives_every_line_once_on_line_boundaries(tmp_path: Path) -> None:
@@ -129,17 +137,21 @@ def test_cut_gives_every_line_once_on_line_boundaries(tmp_path: Path) -> None:
         assert [text for run in runs for _, block in parallel._blocks(run) for text in block] == want, parts
 
 
-def test_spanning_keys_are_closed_under_ties() -> None:
+def test_carried_keys_are_closed_under_ties() -> None:
+    from ingest.store import MemoryStore
+
     a, b, c, d, e = (("mx1", q) for q in "ABCDE")
-    found = parallel._spanning([{a, b, d}, {a, c}, {e}], [(a, b), (b, c), (d, e)])
-    assert found == {a, b, c}  # a in two ranges; b tied to a; c tied to b; d and e are not
+    correlator = parallel.Correlator(MemoryStore(), SETTINGS)
+    correlator.dropped.add(a)  # a was written by an earlier chunk
+    found = correlator.carried({a, b, c, d, e}, [(a, b), (b, c), (d, e)])
+    assert found == {a, b, c}  # b tied to a; c tied to b; d and e are not
 
 
 def test_a_range_that_fails_is_reported_with_its_traceback(
     tmp_path: Path, generated: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A range's process that fails after the first round (here, settling
-    its records) reports its own traceback, not the pipe it left broken."""
+    """A worker that fails (here, settling its records) reports its own
+    traceback, not the pipe it left broken."""
 
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("broken settle")

@@ -14,7 +14,7 @@ import pytest
 
 from ingest.records import Attempt, Link, Recipient, TrackingRecord
 from ingest.store import MemoryStore, Store
-from ingest.tinystore import TinyStore
+from ingest.store.tiny import TinyStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -140,9 +140,11 @@ def test_search(store: Store) -> None:
     assert [x.rid for x in store.search(since=T0 + timedelta(hours=1))] == [b.rid]
     assert [x.rid for x in store.search(until=T0 + timedelta(hours=1))] == [a.rid]
     assert [x.rid for x in store.search(action="failed")] == [b.rid]
-    assert [x.rid for x in store.search()] == [a.rid, b.rid]
-    assert [x.rid for x in store.search(limit=1)] == [a.rid]
-    assert store.search(sender="jane@example.com", action="failed") == []
+    assert [x.rid for x in store.search()] == [b.rid, a.rid]  # newest first
+    assert [x.rid for x in store.search(oldest_first=True)] == [a.rid, b.rid]
+    assert [x.rid for x in store.search(limit=1)] == [b.rid]
+    assert [x.rid for x in store.search(limit=1, oldest_first=True)] == [a.rid]
+    assert list(store.search(sender="jane@example.com", action="failed")) == []
 
 
 def test_expire_follows_retention_and_never_drops_queued_mail(store: Store) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ingest.records import Attempt, Link, Recipient, TrackingRecord
 from ingest.store import MemoryStore
-from ingest.tinystore import TinyStore, partition_of
+from ingest.store.tiny import TinyStore, partition_of
 
 EXISTING = 10_000
 MISSING = 1_000

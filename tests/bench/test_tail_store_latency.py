@@ -21,8 +21,8 @@ from pathlib import Path
 import trio
 
 from ingest.correlator import Settings
+from ingest.store.tiny import TinyStore
 from ingest.tailcmd import Tailer, checkpoint_key, run
-from ingest.tinystore import TinyStore
 
 APPENDS = 120
 
